@@ -1,0 +1,141 @@
+"""Registration of the SCC op with ``torch.library``: schema, kernels, fake kernels, autograd
+and FLOP formulas.
+
+Two ops live in the ``scc`` namespace:
+
+* ``torch.ops.scc.scc_conv2d(input, weight, bias, cg, co, window_of) -> Tensor``
+* ``torch.ops.scc.scc_conv2d_backward(grad_output, input, weight, cg, co, window_of,
+  input_grad, weight_grad) -> (Tensor, Tensor)`` (a gradient not asked for is empty)
+
+``input`` is ``[N, Cin, H, W]`` (NCHW or channels_last; the output keeps the layout),
+``weight`` is ``[Cout, Cin // cg]``. Spatial stride is not part of the op: callers subsample
+first. Registration happens once per process; importing this module again (a reload, or a
+second copy of the package) reuses the ops already registered.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+from . import torch_path
+
+__all__ = ["scc_conv2d_op", "scc_conv2d_backward_op"]
+
+_NS = "scc"
+_FWD_SCHEMA = "(Tensor input, Tensor weight, Tensor? bias, int cg, float co, int[]? window_of) -> Tensor"
+_BWD_SCHEMA = (
+    "(Tensor grad_output, Tensor input, Tensor weight, int cg, float co, int[]? window_of, "
+    "bool input_grad, bool weight_grad) -> (Tensor, Tensor)"
+)
+
+
+def _already_registered() -> bool:
+    return hasattr(torch.ops, _NS) and hasattr(getattr(torch.ops, _NS), "scc_conv2d")
+
+
+def _forward_impl(input, weight, bias, cg, co, window_of):
+    return torch_path.scc_forward(input, weight, bias, cg, co, window_of)
+
+
+def _backward_impl(grad_output, input, weight, cg, co, window_of, input_grad, weight_grad):
+    return torch_path.scc_backward(grad_output, input, weight, cg, co, window_of, input_grad, weight_grad)
+
+
+def _validated(input, weight, cg, co, window_of):
+    geom = torch_path.geometry_for(input, weight, cg, co)
+    torch_path.plan_for(geom, window_of)
+    return geom
+
+
+def _forward_fake(input, weight, bias, cg, co, window_of):
+    geom = _validated(input, weight, cg, co, window_of)
+    n, _, h, w = input.shape
+    return torch.empty(
+        (n, geom.out_channels, h, w),
+        dtype=input.dtype,
+        device=input.device,
+        memory_format=torch_path.output_memory_format(input),
+    )
+
+
+def _backward_fake(grad_output, input, weight, cg, co, window_of, input_grad, weight_grad):
+    _validated(input, weight, cg, co, window_of)
+    grad_input = (
+        torch.empty(
+            input.shape,
+            dtype=input.dtype,
+            device=input.device,
+            memory_format=torch_path.output_memory_format(input),
+        )
+        if input_grad
+        else input.new_empty(0)
+    )
+    grad_weight = torch.empty_like(weight) if weight_grad else input.new_empty(0)
+    return grad_input, grad_weight
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, bias, cg, co, window_of = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.scc_args = (cg, co, window_of, bias is not None)
+
+
+def _autograd_backward(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    cg, co, window_of, has_bias = ctx.scc_args
+    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    grad_input = grad_weight = grad_bias = None
+    if need_input or need_weight:
+        gi, gw = torch.ops.scc.scc_conv2d_backward(
+            grad_output, input, weight, cg, co, window_of, need_input, need_weight
+        )
+        grad_input = gi if need_input else None
+        grad_weight = gw if need_weight else None
+    if has_bias and need_bias:
+        grad_bias = grad_output.sum(dim=(0, 2, 3))
+    return grad_input, grad_weight, grad_bias, None, None, None
+
+
+# -- FLOP formulas (torch.utils.flop_counter conventions: 2 FLOPs per MAC, bias excluded) --
+
+
+def _scc_macs(input_shape, weight_shape) -> int:
+    n, _, h, w = input_shape
+    cout, gw = weight_shape
+    return n * h * w * cout * gw
+
+
+def scc_conv2d_flop(input_shape, weight_shape, bias_shape, cg, co, window_of, *, out_shape=None, **kwargs) -> int:
+    """FLOPs of the SCC forward: ``2 * N*H*W * Cout * gw``."""
+    return 2 * _scc_macs(input_shape, weight_shape)
+
+
+def scc_conv2d_backward_flop(
+    grad_output_shape, input_shape, weight_shape, cg, co, window_of, input_grad, weight_grad,
+    *, out_shape=None, **kwargs,
+) -> int:
+    """FLOPs of the SCC backward: ``2 * N*H*W * Cout * gw`` per gradient computed."""
+    return 2 * _scc_macs(input_shape, weight_shape) * (int(bool(input_grad)) + int(bool(weight_grad)))
+
+
+def _register() -> None:
+    fwd = torch.library.custom_op(
+        f"{_NS}::scc_conv2d", _forward_impl, mutates_args=(), schema=_FWD_SCHEMA
+    )
+    bwd = torch.library.custom_op(
+        f"{_NS}::scc_conv2d_backward", _backward_impl, mutates_args=(), schema=_BWD_SCHEMA
+    )
+    fwd.register_fake(_forward_fake)
+    bwd.register_fake(_backward_fake)
+    fwd.register_autograd(_autograd_backward, setup_context=_setup_context)
+    register_flop_formula(torch.ops.scc.scc_conv2d)(scc_conv2d_flop)
+    register_flop_formula(torch.ops.scc.scc_conv2d_backward)(scc_conv2d_backward_flop)
+
+
+if not _already_registered():
+    _register()
+
+scc_conv2d_op = torch.ops.scc.scc_conv2d
+scc_conv2d_backward_op = torch.ops.scc.scc_conv2d_backward

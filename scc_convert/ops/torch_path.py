@@ -1,0 +1,265 @@
+"""The PyTorch implementation of the SCC op (CPU, and any device without our CUDA kernels).
+
+SCC as batched matrix multiplies, no loop over channels (layouts: ``SCCGeometry.plan``).
+
+Forward with at most ``_WINDOW_LOOP_MAX_BATCHES`` windows: one product per window that reads
+the input in place — a ``bmm`` over the samples for NCHW, an ``mm`` on the ``[N*H*W, Cin]``
+pixel matrix for channels_last (a wrapping window is two products) — then one permuting
+copy into the output. With more windows:
+
+1. copy the input once into channel-major order ``[L, N*H*W]`` with the cyclic wrap
+   appended, so every window is a contiguous row block;
+2. view the overlapping windows as ``[B, gw, N*H*W]`` with ``as_strided`` (no copy);
+3. one ``bmm`` with the weight laid out as ``[B, M, gw]`` (bias fused through ``baddbmm``);
+4. one permuting copy into the output, in the input's memory format.
+
+Backward uses the channel-major view: ``grad_weight = bmm(grad_y, view^T)``, and the
+transposed product is added back onto the overlapping input channels with ``index_add_``
+(a fixed order, so the result is deterministic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..geometry import ExecPlan, SCCGeometry
+
+__all__ = ["scc_forward", "scc_backward", "geometry_for", "output_memory_format"]
+
+# With at most this many windows the forward runs one product per window straight from the
+# input (bench/cpu_scc.py: saves the channel-major copy); with more, the per-call cost wins.
+_WINDOW_LOOP_MAX_BATCHES = 32
+
+
+@lru_cache(maxsize=512)
+def _geometry(cin: int, cout: int, cg: int, co: float) -> SCCGeometry:
+    return SCCGeometry(cin, cout, cg, co)
+
+
+@lru_cache(maxsize=512)
+def _plan(geom: SCCGeometry, window_of: tuple[int, ...] | None, order: str) -> ExecPlan:
+    return geom.plan(window_of, order=order)
+
+
+def geometry_for(input: Tensor, weight: Tensor, cg: int, co: float) -> SCCGeometry:
+    """Validate the op's arguments against each other and return the geometry."""
+    if input.dim() != 4:
+        raise ValueError(f"SCC: input must be 4-D [N, C, H, W], got shape {tuple(input.shape)}")
+    if weight.dim() != 2:
+        raise ValueError(
+            f"SCC: weight must be 2-D [out_channels, in_channels // cg], got shape {tuple(weight.shape)}"
+        )
+    geom = _geometry(int(input.shape[1]), int(weight.shape[0]), cg, co)
+    if weight.shape[1] != geom.group_width:
+        raise ValueError(
+            f"SCC: weight has {weight.shape[1]} columns but in_channels={geom.in_channels} with "
+            f"cg={cg} needs gw = in_channels // cg = {geom.group_width}"
+        )
+    return geom
+
+
+def plan_for(geom: SCCGeometry, window_of: Sequence[int] | None, order: str = "auto") -> ExecPlan:
+    """The (cached) execution plan; validates ``window_of``."""
+    return _plan(geom, None if window_of is None else tuple(int(w) for w in window_of), order)
+
+
+def output_memory_format(input: Tensor) -> torch.memory_format:
+    """The output keeps the input's layout: channels innermost in, channels_last out."""
+    if input.shape[1] > 1 and input.stride(1) == 1 and not input.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _empty_like_layout(input: Tensor, shape: tuple[int, ...]) -> Tensor:
+    return torch.empty(
+        shape, dtype=input.dtype, device=input.device, memory_format=output_memory_format(input)
+    )
+
+
+class _PlanIndex(NamedTuple):
+    position: Tensor  # [Cout] row of each output in the flattened [B*M] result
+    batch: Tensor  # [Cout] batch of each output
+    slot: Tensor  # [Cout] slot of each output
+    in_channel: Tensor  # [B*gw] input channel read by column k of batch b
+
+
+@lru_cache(maxsize=512)
+def _plan_index(plan: ExecPlan, cin: int, device: torch.device) -> _PlanIndex:
+    def long(values) -> Tensor:
+        return torch.tensor(values, dtype=torch.long, device=device)
+
+    cols = long(plan.starts)[:, None] + torch.arange(plan.group_width, device=device)
+    return _PlanIndex(long(plan.position), long(plan.batch_of), long(plan.slot_of), (cols % cin).reshape(-1))
+
+
+def _channel_major(x: Tensor, length: int) -> Tensor:
+    """``[length, N, H*W]`` contiguous copy of ``x`` whose row ``c`` is channel ``c % Cin``."""
+    n, cin = x.shape[:2]
+    x3 = x.flatten(2)
+    xe = x.new_empty((length, n, x3.shape[2]))
+    head = min(length, cin)
+    xe[:head].copy_(x3[:, :head].transpose(0, 1))
+    if length > cin:
+        xe[cin:].copy_(xe[: length - cin])
+    return xe
+
+
+def _windows(x: Tensor, plan: ExecPlan) -> Tensor:
+    """Overlapping view ``[B, gw, N*H*W]`` of the channel-major extended input."""
+    xe = _channel_major(x, plan.ext_channels)
+    cols = xe.shape[1] * xe.shape[2]
+    return xe.as_strided((plan.batches, plan.group_width, cols), (plan.step * cols, cols, 1))
+
+
+def _to_batches(t: Tensor, plan: ExecPlan, idx: _PlanIndex) -> Tensor:
+    """Rows of ``t`` (one per output channel, any trailing shape) into ``[B, M, ...]``."""
+    b, m = plan.batches, plan.slots
+    if plan.regular:
+        return t.reshape(m, b, *t.shape[1:]).transpose(0, 1)
+    out = t.new_zeros((b * m, *t.shape[1:]))
+    out.index_copy_(0, idx.position, t)
+    return out.view(b, m, *t.shape[1:])
+
+
+def _from_batches(t: Tensor, plan: ExecPlan, idx: _PlanIndex) -> Tensor:
+    """Inverse of :func:`_to_batches`: ``[B, M, ...]`` to one row per output channel."""
+    if plan.regular:
+        return t.transpose(0, 1).reshape(plan.batches * plan.slots, *t.shape[2:])
+    return t[idx.batch, idx.slot]
+
+
+def scc_forward(
+    input: Tensor, weight: Tensor, bias: Tensor | None, cg: int, co: float, window_of: Sequence[int] | None
+) -> Tensor:
+    """SCC forward on an ``[N, Cin, H, W]`` input; returns ``[N, Cout, H, W]`` (same layout)."""
+    geom = geometry_for(input, weight, cg, co)
+    n, cin, h, w = input.shape
+    out = _empty_like_layout(input, (n, geom.out_channels, h, w))
+    channels_last = output_memory_format(input) == torch.channels_last
+    loop = geom.cyclic_distance <= _WINDOW_LOOP_MAX_BATCHES
+    plan = plan_for(geom, window_of, "window" if loop else "auto")
+    if out.numel() == 0:
+        return out
+    idx = _plan_index(plan, cin, input.device)
+    wb = _to_batches(weight, plan, idx)
+    bb = None if bias is None else _to_batches(bias[:, None], plan, idx)
+    if loop and channels_last:
+        _write_rows(_forward_pixel_loop(input, wb, bb, plan), out, plan, idx)
+        return out
+    if loop:
+        y = _forward_sample_loop(input.flatten(2), wb, bb, plan)
+    else:
+        v = _windows(input, plan)
+        y = torch.bmm(wb, v) if bb is None else torch.baddbmm(bb, wb, v)
+        y = y.view(plan.batches, plan.slots, n, h * w)
+    _write_output(y, out, plan, idx)
+    return out
+
+
+def _forward_sample_loop(x3: Tensor, wb: Tensor, bb: Tensor | None, plan: ExecPlan) -> Tensor:
+    """``[B, M, N, P]`` (a permuted view): per batch, one bmm over the samples of ``x3 = [N, Cin, P]``.
+
+    Reads the input in place (NCHW); a window that wraps is two products accumulated.
+    """
+    x3 = x3 if x3.stride(2) == 1 else x3.contiguous()
+    n, cin, p = x3.shape
+    gw = plan.group_width
+    y = x3.new_empty((plan.batches, n, plan.slots, p))
+    biases = [None] * plan.batches if bb is None else [t.expand(n, -1, p) for t in bb.unbind(0)]
+    for start, w_b, b_b, y_b in zip(plan.starts, wb.unbind(0), biases, y.unbind(0)):
+        head = min(gw, cin - start)
+        w_head = w_b.narrow(1, 0, head).expand(n, -1, -1)
+        x_head = x3.narrow(1, start, head)
+        if b_b is None:
+            torch.bmm(w_head, x_head, out=y_b)
+        else:
+            torch.baddbmm(b_b, w_head, x_head, out=y_b)
+        if head < gw:
+            y_b.baddbmm_(w_b.narrow(1, head, gw - head).expand(n, -1, -1), x3.narrow(1, 0, gw - head))
+    return y.transpose(1, 2)
+
+
+def _forward_pixel_loop(input: Tensor, wb: Tensor, bb: Tensor | None, plan: ExecPlan) -> Tensor:
+    """``[B, N*H*W, M]``: per batch, one mm on the channels_last pixel matrix ``[N*H*W, Cin]``.
+
+    A window is a column block of the pixel matrix, read in place; one that wraps is two
+    products accumulated.
+    """
+    n, cin, h, w = input.shape
+    rows, gw = n * h * w, plan.group_width
+    x2 = input.permute(0, 2, 3, 1).reshape(rows, cin)  # a view for channels_last input
+    y = x2.new_empty((plan.batches, rows, plan.slots))
+    biases = [None] * plan.batches if bb is None else [t.t() for t in bb.unbind(0)]
+    for start, w_b, b_b, y_b in zip(plan.starts, wb.unbind(0), biases, y.unbind(0)):
+        head = min(gw, cin - start)
+        w_head = w_b.narrow(1, 0, head).t()
+        x_head = x2.narrow(1, start, head)
+        if b_b is None:
+            torch.mm(x_head, w_head, out=y_b)
+        else:
+            torch.addmm(b_b, x_head, w_head, out=y_b)
+        if head < gw:
+            y_b.addmm_(x2.narrow(1, 0, gw - head), w_b.narrow(1, head, gw - head).t())
+    return y
+
+
+def _write_rows(y: Tensor, out: Tensor, plan: ExecPlan, idx: _PlanIndex) -> None:
+    """Copy the ``[B, N*H*W, M]`` result into the channels_last ``out``."""
+    rows = y.shape[1]
+    out2 = out.permute(0, 2, 3, 1).reshape(rows, out.shape[1])  # a view: channels_last output
+    if plan.regular:
+        out2.view(rows, plan.slots, plan.batches).copy_(y.permute(1, 2, 0))
+    else:
+        out2.copy_(y.permute(1, 0, 2)[:, idx.batch, idx.slot])
+
+
+def _write_output(y: Tensor, out: Tensor, plan: ExecPlan, idx: _PlanIndex) -> None:
+    """Copy the ``[B, M, N, P]`` result into ``out`` (NCHW or NHWC)."""
+    n, _, h, w = out.shape
+    out3 = out.flatten(2)  # [N, Cout, H*W], a view for both memory formats
+    if plan.regular:
+        out3.view(n, plan.slots, plan.batches, h * w).copy_(y.permute(2, 1, 0, 3))
+    else:
+        out3.transpose(0, 1).copy_(y[idx.batch, idx.slot])
+
+
+def scc_backward(
+    grad_output: Tensor,
+    input: Tensor,
+    weight: Tensor,
+    cg: int,
+    co: float,
+    window_of: Sequence[int] | None,
+    input_grad: bool,
+    weight_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    """Gradients of :func:`scc_forward` w.r.t. input and weight.
+
+    A gradient that is not asked for comes back as an empty tensor.
+    """
+    geom = geometry_for(input, weight, cg, co)
+    plan = plan_for(geom, window_of)
+    n, cin, h, w = input.shape
+    p = h * w
+    none = input.new_empty(0)
+    if grad_output.numel() == 0:
+        grad_input = _empty_like_layout(input, tuple(input.shape)).zero_() if input_grad else none
+        return grad_input, (torch.zeros_like(weight) if weight_grad else none)
+    grad_input, grad_weight = none, none
+    idx = _plan_index(plan, cin, input.device)
+    gy = _to_batches(grad_output.flatten(2).transpose(0, 1), plan, idx)  # [B, M, N, P]
+    gy = gy.reshape(plan.batches, plan.slots, n * p)
+    if weight_grad:
+        grad_weight = _from_batches(torch.bmm(gy, _windows(input, plan).transpose(1, 2)), plan, idx)
+    if input_grad:
+        wb = _to_batches(weight, plan, idx)
+        gv = torch.bmm(wb.transpose(1, 2), gy)  # [B, gw, N*P]
+        gx = input.new_zeros((cin, n * p)).index_add_(0, idx.in_channel, gv.view(-1, n * p))
+        grad_input = _empty_like_layout(input, (n, cin, h, w))
+        grad_input.flatten(2).copy_(gx.view(cin, n, p).transpose(0, 1))
+    return grad_input, grad_weight
