@@ -4,6 +4,10 @@ Public API:
 
 * :class:`SCCConv2d` — the SCC layer; :func:`functional.scc_conv2d` — its functional form.
 * :class:`SCCGeometry` — windows, window stride and cyclic distance of one SCC.
+* :func:`convert` — the torch.fx pass replacing a model's 1x1 convs, with a
+  :class:`ConversionReport`.
+* :func:`profile` — MACs/FLOPs, parameters, size and latency, before vs after
+  (:class:`ProfileReport`).
 * ``torch.ops.scc.scc_conv2d`` — the registered op (fake kernel, autograd, FLOP formula).
 
 Cost conventions everywhere: a MAC is one multiply-accumulate; FLOPs = 2 x MACs; bias and
@@ -11,8 +15,13 @@ BatchNorm/activations are not counted.
 """
 
 from . import functional
+from .convert import ConversionReport, convert
 from .geometry import SCCGeometry
-from .nn import SCCConv2d
+from .nn import DWSCCConv2d, SCCConv2d
+from .profile import ProfileReport, profile
 
-__all__ = ["SCCConv2d", "SCCGeometry", "functional"]
+__all__ = [
+    "SCCConv2d", "DWSCCConv2d", "SCCGeometry", "functional", "convert", "ConversionReport",
+    "profile", "ProfileReport",
+]
 __version__ = "0.1.0"

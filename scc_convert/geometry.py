@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-__all__ = ["SCCGeometry", "ExecPlan", "valid_cgs"]
+__all__ = ["SCCGeometry", "ExecPlan", "valid_cgs", "check_cg_co"]
 
 
 def _where(layer: str | None) -> str:
@@ -34,6 +34,22 @@ def _where(layer: str | None) -> str:
 def valid_cgs(in_channels: int) -> tuple[int, ...]:
     """The values of ``cg`` that divide ``in_channels`` (each gives a valid SCC)."""
     return tuple(d for d in range(1, in_channels + 1) if in_channels % d == 0)
+
+
+def check_cg_co(cg: int, co: float, layer: str | None = None) -> None:
+    """Validate ``cg`` (an int >= 1) and ``co`` (a float in ``[0, 1)``) on their own."""
+    where = _where(layer)
+    if isinstance(cg, bool) or not isinstance(cg, numbers.Integral):
+        raise TypeError(f"{where}cg must be an int, got {cg!r}")
+    if cg < 1:
+        raise ValueError(f"{where}cg={cg} is invalid: cg must be an int >= 1")
+    if isinstance(co, bool) or not isinstance(co, numbers.Real):
+        raise TypeError(f"{where}co must be a float in [0, 1), got {co!r}")
+    if not 0.0 <= float(co) < 1.0:
+        raise ValueError(
+            f"{where}co={co!r} is outside [0, 1): co is the fraction of a window "
+            f"shared with the next window (0 = grouped conv, 0.5 = half overlap)"
+        )
 
 
 @dataclass(frozen=True)
@@ -109,7 +125,7 @@ class SCCGeometry:
 
     def __post_init__(self) -> None:
         where = _where(self.layer)
-        for name in ("in_channels", "out_channels", "cg"):
+        for name in ("in_channels", "out_channels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise TypeError(f"{where}{name} must be an int, got {value!r}")
@@ -119,22 +135,15 @@ class SCCGeometry:
                 f"{where}in_channels and out_channels must be >= 1, got "
                 f"in_channels={self.in_channels}, out_channels={self.out_channels}"
             )
-        if self.cg < 1:
-            raise ValueError(f"{where}cg={self.cg} is invalid: cg must be an int >= 1")
+        check_cg_co(self.cg, self.co, self.layer)
+        object.__setattr__(self, "cg", int(self.cg))
         if self.in_channels % self.cg != 0:
             divisors = valid_cgs(self.in_channels)
             raise ValueError(
                 f"{where}in_channels={self.in_channels} is not divisible by cg={self.cg}; "
                 f"cg must divide in_channels (valid: {', '.join(map(str, divisors))})"
             )
-        if isinstance(self.co, bool) or not isinstance(self.co, numbers.Real):
-            raise TypeError(f"{where}co must be a float in [0, 1), got {self.co!r}")
         co = float(self.co)
-        if not 0.0 <= co < 1.0:
-            raise ValueError(
-                f"{where}co={self.co!r} is outside [0, 1): co is the fraction of a window "
-                f"shared with the next window (0 = grouped conv, 0.5 = half overlap)"
-            )
         object.__setattr__(self, "co", co)
         if self.window_stride < 1:
             raise ValueError(

@@ -1,8 +1,10 @@
-"""``SCCConv2d``: the SCC layer (its functional form is ``scc_convert.functional.scc_conv2d``)."""
+"""``SCCConv2d``, the SCC layer (functional form: ``scc_convert.functional.scc_conv2d``), and
+``DWSCCConv2d``, a KxK conv factorised into depthwise KxK + SCC."""
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -12,7 +14,7 @@ from .functional import check_stride
 from .geometry import SCCGeometry
 from .ops import scc_conv2d_op
 
-__all__ = ["SCCConv2d"]
+__all__ = ["SCCConv2d", "DWSCCConv2d"]
 
 
 class SCCConv2d(nn.Module):
@@ -30,7 +32,7 @@ class SCCConv2d(nn.Module):
     Attributes:
         weight: ``[Cout, gw]``, initialised like ``nn.Conv2d`` with fan-in ``gw``.
         bias: ``[Cout]`` or ``None``.
-        window_assignment: buffer ``[Cout]`` (int64) holding ``window_of``; it travels with
+        window_assignment: buffer ``[Cout]`` (int32) holding ``window_of``; it travels with
             ``state_dict``.
         geometry: the :class:`~scc_convert.SCCGeometry` of the layer.
 
@@ -62,7 +64,7 @@ class SCCConv2d(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self._window_of: tuple[int, ...] | None = None
         self.register_buffer(
-            "window_assignment", torch.empty(out_channels, dtype=torch.long, device=device)
+            "window_assignment", torch.empty(out_channels, dtype=torch.int32, device=device)
         )
         self.set_window_of(window_of)
         self.reset_parameters()
@@ -95,7 +97,7 @@ class SCCConv2d(nn.Module):
         wo = self.geometry.check_window_of(window_of)
         self._window_of = None if wo == self.geometry.default_window_of else wo
         with torch.no_grad():
-            self.window_assignment.copy_(torch.tensor(wo, dtype=torch.long))
+            self.window_assignment.copy_(torch.tensor(wo, dtype=torch.int32))
 
     def reset_parameters(self) -> None:
         """``nn.Conv2d``'s initialisation with fan-in ``gw``."""
@@ -133,3 +135,41 @@ class SCCConv2d(nn.Module):
                 self.set_window_of(self.window_assignment.tolist())
             except ValueError as err:
                 error_msgs.append(f"{key}: {err}")
+
+
+class DWSCCConv2d(nn.Sequential):
+    """A KxK convolution factorised into a depthwise KxK conv followed by an SCC.
+
+    ``depthwise`` keeps the original stride, padding, dilation and padding mode;
+    ``pointwise`` is an :class:`SCCConv2d` (stride 1) carrying the original bias.
+
+    Example:
+        >>> import torch
+        >>> layer = DWSCCConv2d(32, 64, kernel_size=3, padding=1, cg=4, co=0.5)
+        >>> layer(torch.randn(1, 32, 8, 8)).shape
+        torch.Size([1, 64, 8, 8])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        cg: int,
+        co: float,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        bias: bool = False,
+        padding_mode: str = "zeros",
+        window_of: Sequence[int] | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        depthwise = nn.Conv2d(
+            in_channels, in_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
+            groups=in_channels, bias=False, padding_mode=padding_mode, device=device, dtype=dtype,
+        )
+        pointwise = SCCConv2d(in_channels, out_channels, cg, co, bias=bias, window_of=window_of, device=device, dtype=dtype)
+        super().__init__(OrderedDict(depthwise=depthwise, pointwise=pointwise))

@@ -50,7 +50,7 @@ def test_state_dict_round_trip_carries_window_of():
 def test_load_rejects_invalid_window_assignment():
     layer = SCCConv2d(8, 8, cg=2, co=0.5)
     state = layer.state_dict()
-    state["window_assignment"] = torch.zeros(8, dtype=torch.long)
+    state["window_assignment"] = torch.zeros(8, dtype=torch.int32)
     with pytest.raises(RuntimeError, match="permutation of the default"):
         layer.load_state_dict(state)
 
@@ -78,7 +78,7 @@ def test_dtype_device_and_half():
     layer = SCCConv2d(16, 16, cg=4, co=0.5, dtype=torch.float64)
     assert layer.weight.dtype == torch.float64
     layer = layer.to(torch.bfloat16)
-    assert layer.window_assignment.dtype == torch.long
+    assert layer.window_assignment.dtype == torch.int32
     assert layer(torch.randn(1, 16, 2, 2, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 

@@ -1,0 +1,15 @@
+"""The conversion pass: find candidates -> decide per layer -> transfer weights -> rewrite -> report.
+
+* :mod:`.patterns` — torch.fx analysis (module-order fallback) of dw_pw / pw / std candidates;
+* :mod:`.policy` — include/exclude, overrides, min channels, indivisible cg;
+* :mod:`.transfer` — slice, energy assignment, std factorisation, least-squares solve;
+* :mod:`.calibrate` — the two-pass layer-by-layer calibration for ``init="lsq"``;
+* :mod:`.report` — :class:`ConversionReport`;
+* :mod:`.api` — :func:`convert`.
+"""
+
+from .api import INITS, convert
+from .policy import PATTERNS
+from .report import ConversionReport, LayerRecord
+
+__all__ = ["convert", "ConversionReport", "LayerRecord", "PATTERNS", "INITS"]

@@ -1,0 +1,329 @@
+"""``convert``: find candidates -> decide per layer -> transfer weights -> rewrite -> report."""
+
+from __future__ import annotations
+
+import copy
+import re
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from ..geometry import SCCGeometry
+from ..nn import DWSCCConv2d, SCCConv2d
+from . import calibrate
+from .patterns import Candidate, find_candidates
+from .policy import Decision, LayerPolicy
+from .report import ConversionReport, LayerRecord
+from .transfer import energy_assignment, factorise_standard, kept_energy, slice_weight
+
+__all__ = ["convert", "INITS"]
+
+INITS = ("slice", "energy", "lsq", "random")
+
+
+def convert(
+    model: nn.Module,
+    cg: int = 4,
+    co: float = 0.5,
+    *,
+    patterns: Iterable[str] = ("dw_pw", "pw"),
+    include: str | re.Pattern | Iterable[str | re.Pattern] | None = None,
+    exclude: str | re.Pattern | Iterable[str | re.Pattern] | None = None,
+    min_channels: int = 16,
+    overrides: Mapping[str | re.Pattern, Mapping[str, float]] | None = None,
+    on_indivisible: str = "skip",
+    skip_first: bool = False,
+    skip_last: bool = False,
+    init: str = "slice",
+    calib_data: Tensor | Iterable | None = None,
+    recalibrate_bn: bool = False,
+    example_inputs: Tensor | tuple | None = None,
+    inplace: bool = False,
+    progress: bool | None = None,
+) -> tuple[nn.Module, ConversionReport]:
+    """Replace a CNN's pointwise convolutions with Sliding-Channel Convolutions.
+
+    Args:
+        model: any ``nn.Module``; it is deep-copied unless ``inplace=True``.
+        cg, co: SCC channel groups and overlap ratio for every converted layer.
+        patterns: which of ``"dw_pw"`` (1x1 conv after a depthwise conv), ``"pw"`` (any
+            other 1x1 conv, groups=1) and ``"std"`` (KxK conv -> depthwise KxK + SCC) to convert.
+        include, exclude: module-name filters: fnmatch globs, ``re.Pattern`` objects, or
+            strings prefixed ``"re:"`` (regex, full match).
+        min_channels: skip layers with fewer input channels.
+        overrides: ``{name_or_pattern: {"cg": .., "co": ..}}`` per-layer settings (later
+            entries win).
+        on_indivisible: ``"skip"`` a layer whose ``in_channels`` ``cg`` does not divide, or
+            use the ``"nearest"`` divisor.
+        skip_first, skip_last: leave the first / last enabled candidate in network order alone.
+        init: weight transfer — ``"slice"`` (each output keeps its weights on its window),
+            ``"energy"`` (output-to-window assignment keeping the most squared weight),
+            ``"lsq"`` (least-squares reconstruction on ``calib_data``), ``"random"``.
+        calib_data: input batches (a tensor, or an iterable of tensors / ``(input, label)``
+            pairs; labels are ignored) for ``init="lsq"`` and ``recalibrate_bn``.
+        recalibrate_bn: re-estimate BatchNorm running statistics on ``calib_data`` afterwards.
+        example_inputs: an input (or tuple of inputs) to count MACs on; default
+            ``1x3x224x224`` when the model's first conv takes 3 channels.
+        inplace: modify ``model`` itself.
+        progress: progress bar for calibration (default: when stderr is a terminal).
+
+    Returns:
+        ``(new_model, report)``. Converted layers are :class:`SCCConv2d` (or
+        :class:`DWSCCConv2d` for ``std``) at the original module names; everything else,
+        names included, is unchanged. The model keeps its train/eval mode.
+
+    Example:
+        >>> import torch, torchvision
+        >>> small, report = convert(torchvision.models.mobilenet_v2(), cg=4, co=0.5)
+        >>> print(report)  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    patterns = tuple(patterns)
+    policy = LayerPolicy(
+        cg, co, patterns=patterns, include=include, exclude=exclude, min_channels=min_channels,
+        overrides=overrides, on_indivisible=on_indivisible, skip_first=skip_first, skip_last=skip_last,
+    )
+    if init not in INITS:
+        raise ValueError(f"init={init!r}; choose from {list(INITS)}")
+    if init == "lsq" and calib_data is None:
+        raise ValueError("init='lsq' needs calib_data: a few batches of inputs (labels are not needed)")
+    if recalibrate_bn and calib_data is None:
+        raise ValueError("recalibrate_bn=True needs calib_data")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+
+    target = model if inplace else copy.deepcopy(model)
+    candidates, trace = find_candidates(target)
+    decisions = policy.decide(candidates)
+    geoms = {
+        c.name: SCCGeometry(c.module.in_channels, c.module.out_channels, d.cg, d.co, layer=c.name)
+        for c, d in zip(candidates, decisions) if d.convert
+    }
+    param = next(target.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    inputs = _example_inputs(example_inputs, candidates, device, dtype)
+
+    records = {c.name: _record(c, d, geoms.get(c.name)) for c, d in zip(candidates, decisions)}
+    shapes: dict[str, tuple[int, ...]] = {}
+    with _eval_mode(target), torch.no_grad():
+        if inputs is not None:
+            shapes = _count_before(target, candidates, records, inputs)
+        todo = [c for c, d in zip(candidates, decisions) if d.convert]
+        if init == "lsq":
+            _convert_lsq(target, todo, geoms, records, calib_data, device, dtype, progress)
+        else:
+            for c in todo:
+                new, quality = _replacement(c, geoms[c.name], init)
+                _set_module(target, c.name, new)
+                _finish(records[c.name], new, quality)
+        if recalibrate_bn:
+            calibrate.recalibrate_batchnorm(target, calibrate.calibration_batch(calib_data, device, dtype))
+    _count_after(records, geoms, shapes)
+    report = ConversionReport(
+        layers=list(records.values()), cg=cg, co=float(co), init=init, patterns=patterns,
+        input_shape=None if inputs is None else tuple(inputs[0].shape), trace=trace.mode,
+        trace_failures=trace.failures, seconds=time.perf_counter() - started,
+    )
+    return target, report
+
+
+# -- building the new layers --------------------------------------------------------------
+
+
+def _dense(conv: nn.Conv2d) -> Tensor:
+    return conv.weight.detach()[:, :, 0, 0]
+
+
+def _make_scc(conv: nn.Conv2d, geom: SCCGeometry, window_of, weight: Tensor, bias: Tensor | None) -> SCCConv2d:
+    new = SCCConv2d(geom.in_channels, geom.out_channels, geom.cg, geom.co, stride=conv.stride[0],
+                    bias=conv.bias is not None, window_of=window_of,
+                    device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if new.bias is not None:
+            new.bias.copy_(conv.bias if bias is None else bias)
+    return new
+
+
+def _make_dwscc(conv: nn.Conv2d, geom: SCCGeometry, depthwise: Tensor | None, window_of,
+                weight: Tensor | None, bias: Tensor | None) -> DWSCCConv2d:
+    new = DWSCCConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, geom.cg, geom.co,
+                      stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                      bias=conv.bias is not None, padding_mode=conv.padding_mode, window_of=window_of,
+                      device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        if depthwise is not None:
+            new.depthwise.weight.copy_(depthwise)
+        if weight is not None:
+            new.pointwise.weight.copy_(weight)
+        if new.pointwise.bias is not None:
+            new.pointwise.bias.copy_(conv.bias if bias is None else bias)
+    return new
+
+
+def _replacement(c: Candidate, geom: SCCGeometry, init: str) -> tuple[nn.Module, float | None]:
+    """The new layer for ``slice`` / ``energy`` / ``random`` init, and the weight energy kept."""
+    conv = c.module
+    if c.pattern == "std":
+        if init == "random":
+            return _make_dwscc(conv, geom, None, None, None, None), None
+        depthwise, weight = factorise_standard(conv.weight, geom)
+        kept = _std_kept(conv.weight, depthwise, weight, geom)
+        return _make_dwscc(conv, geom, depthwise, None, weight, None), kept
+    dense = _dense(conv)
+    if init == "random":
+        new = SCCConv2d(geom.in_channels, geom.out_channels, geom.cg, geom.co, stride=conv.stride[0],
+                        bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+        return new, None
+    window_of = energy_assignment(dense, geom) if init == "energy" else None
+    weight = slice_weight(dense, geom, window_of)
+    return _make_scc(conv, geom, window_of, weight, None), kept_energy(dense, weight)
+
+
+def _std_kept(kernel: Tensor, depthwise: Tensor, weight: Tensor, geom: SCCGeometry) -> float:
+    """1 - relative squared error of the factorised kernel."""
+    k = kernel.detach().double()
+    approx = torch.zeros_like(k)
+    idx = torch.tensor(geom.input_channels_of(), device=k.device)
+    approx.scatter_(1, idx[:, :, None, None].expand(-1, -1, *k.shape[2:]),
+                    weight.double()[:, :, None, None] * depthwise.double()[idx, 0])
+    total = k.square().sum().item()
+    return 1.0 - (k - approx).square().sum().item() / total if total > 0 else 1.0
+
+
+def _convert_lsq(target, todo, geoms, records, calib_data, device, dtype, progress) -> None:
+    x = calibrate.calibration_batch(calib_data, device, dtype)
+    samples = calibrate.capture_targets(target, {c.name: c.module for c in todo}, x)
+    show = sys.stderr.isatty() if progress is None else progress
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc="lsq calibration", unit="layer", disable=not show, file=sys.stderr)
+
+    def done(name: str, module: nn.Module, error: float) -> None:
+        _finish(records[name], module, None, error)
+        bar.update()
+
+    placeholders = {}
+    for c in todo:
+        geom, conv = geoms[c.name], c.module
+        intercept = conv.bias is not None
+        if c.pattern == "std":
+            depthwise, _ = factorise_standard(conv.weight, geom)
+            dw = _make_dwscc(conv, geom, depthwise, None, None, None).depthwise
+
+            def prepare(t, dw=dw):
+                return dw(t)
+
+            def build(window_of, weight, bias, conv=conv, geom=geom, depthwise=depthwise):
+                return _make_dwscc(conv, geom, depthwise, window_of, weight, bias)
+        else:
+            step = conv.stride[0]
+
+            def prepare(t, step=step):
+                return t[:, :, ::step, ::step] if step > 1 else t
+
+            def build(window_of, weight, bias, conv=conv, geom=geom):
+                return _make_scc(conv, geom, window_of, weight, bias)
+
+        placeholders[c.name] = calibrate._Fitting(c.name, prepare, geom, intercept, samples[c.name], build, done)
+    try:
+        calibrate.fit_in_order(target, placeholders, x, _set_module)
+    finally:
+        bar.close()
+
+
+# -- bookkeeping ------------------------------------------------------------------------------
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, module)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, f in flags.items():
+            m.training = f
+
+
+def _example_inputs(example_inputs, candidates: list[Candidate], device, dtype) -> tuple | None:
+    if example_inputs is not None:
+        return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    first = candidates[0].module if candidates else None
+    if first is not None and first.in_channels == 3:
+        return (torch.zeros(1, 3, 224, 224, device=device, dtype=dtype),)
+    return None
+
+
+def _record(c: Candidate, d: Decision, geom: SCCGeometry | None) -> LayerRecord:
+    conv = c.module
+    params = sum(p.numel() for p in conv.parameters())
+    return LayerRecord(
+        name=c.name, pattern=c.pattern, in_channels=conv.in_channels, out_channels=conv.out_channels,
+        kernel_size=tuple(conv.kernel_size), stride=tuple(conv.stride), converted=d.convert,
+        reason=d.reason, verified=c.verified, cg=d.cg, co=d.co,
+        cd=geom.cyclic_distance if geom else None, params_before=params, params_after=params,
+    )
+
+
+def _finish(record: LayerRecord, module: nn.Module, kept: float | None, error: float | None = None) -> None:
+    record.params_after = sum(p.numel() for p in module.parameters())
+    record.kept_energy, record.calib_error = kept, error
+    record.new_type = type(module).__name__
+
+
+def _shape_hook(store: dict[str, tuple[int, ...]], name: str):
+    """A forward hook recording the first output shape under ``name`` (returns None: output kept)."""
+
+    def hook(module, inputs, output) -> None:
+        store.setdefault(name, tuple(output.shape))
+
+    return hook
+
+
+def _count_before(
+    model: nn.Module, candidates: list[Candidate], records: dict[str, LayerRecord], inputs: tuple
+) -> dict[str, tuple[int, ...]]:
+    """Run the original model once; MACs of each candidate from its output size (returned)."""
+    outputs: dict[str, tuple[int, ...]] = {}
+    handles = [c.module.register_forward_hook(_shape_hook(outputs, c.name)) for c in candidates]
+    try:
+        model(*inputs)
+    except Exception as err:
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs if isinstance(t, Tensor))
+        raise ValueError(f"the model failed on an example input of shape {shapes}: {type(err).__name__}: {err}") from err
+    finally:
+        for h in handles:
+            h.remove()
+    for c in candidates:
+        conv, rec = c.module, records[c.name]
+        shape = outputs.get(c.name)
+        if shape is None:
+            continue
+        pixels = shape[0] * shape[2] * shape[3]
+        rec.macs_before = pixels * conv.out_channels * conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+        rec.macs_after = rec.macs_before
+    return outputs
+
+
+def _count_after(records: dict[str, LayerRecord], geoms: dict[str, SCCGeometry], shapes: dict[str, tuple[int, ...]]) -> None:
+    """MACs of the new layers from their geometry at the original layers' output sizes."""
+    for name, geom in geoms.items():
+        rec, shape = records[name], shapes.get(name)
+        if shape is None or not rec.converted:
+            continue
+        n, _, h, w = shape
+        rec.macs_after = geom.macs(n, h, w)
+        if rec.pattern == "std":  # plus the depthwise KxK conv
+            rec.macs_after += n * h * w * rec.in_channels * rec.kernel_size[0] * rec.kernel_size[1]

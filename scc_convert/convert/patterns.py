@@ -1,0 +1,214 @@
+"""Find the convolutions a conversion could replace, and which pattern each one is.
+
+Patterns (SPEC section 3):
+
+* ``dw_pw`` — a 1x1 conv whose input comes from a depthwise conv through BatchNorm,
+  activations, dropout or identities only, with no branching in between;
+* ``pw`` — any other 1x1 conv with ``groups=1``;
+* ``std`` — a KxK (K > 1) conv with ``groups=1`` (factorised into depthwise KxK + SCC).
+
+The graph comes from ``torch.fx``. A model that does not trace as a whole is traced
+submodule by submodule; convolutions left outside every traced submodule are classified
+from module order and marked unverified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..nn import SCCConv2d
+
+__all__ = ["Candidate", "TraceInfo", "find_candidates"]
+
+# Modules and functions a dw_pw chain may pass through (one input, one output, per channel).
+_PASS_MODULES = (
+    nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Hardtanh,
+    nn.Mish, nn.ELU, nn.CELU, nn.SELU, nn.PReLU, nn.Sigmoid, nn.Tanh, nn.Identity, nn.Dropout,
+    nn.Dropout2d, nn.AlphaDropout,
+)
+_PASS_FUNCTIONS = {
+    F.relu, F.relu6, F.hardswish, F.silu, F.gelu, F.leaky_relu, F.hardtanh, F.mish, F.elu,
+    F.celu, F.selu, F.dropout, F.dropout2d, F.batch_norm, torch.relu, torch.sigmoid, torch.tanh,
+    torch.nn.functional.sigmoid, torch.nn.functional.tanh,
+}
+_PASS_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous"}
+
+
+def is_depthwise(conv: nn.Module) -> bool:
+    return (
+        isinstance(conv, nn.Conv2d)
+        and conv.groups == conv.in_channels
+        and conv.in_channels > 1
+        and conv.out_channels % conv.in_channels == 0
+    )
+
+
+def is_pointwise(conv: nn.Module) -> bool:
+    return isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.groups == 1
+
+
+def is_standard(conv: nn.Module) -> bool:
+    return isinstance(conv, nn.Conv2d) and conv.groups == 1 and conv.kernel_size != (1, 1)
+
+
+@dataclass
+class Candidate:
+    """A convolution found in the model, in network (or module) order."""
+
+    name: str
+    module: nn.Conv2d
+    pattern: str  # "dw_pw", "pw" or "std"
+    verified: bool  # found in an fx graph (False: from module order)
+    used: bool = True  # called in the traced forward
+
+
+@dataclass
+class TraceInfo:
+    """How the model was analysed."""
+
+    mode: str  # "fx" (whole model), "partial" (some submodules) or "modules" (none traced)
+    traced: list[str]
+    failures: dict[str, str]
+
+
+class _Tracer(fx.Tracer):
+    """Keeps our own layers and already-converted modules as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, SCCConv2d) or super().is_leaf_module(m, qualname)
+
+
+def _trace(module: nn.Module) -> fx.Graph:
+    return _Tracer().trace(module)
+
+
+def _passes_through(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), _PASS_MODULES)
+    if node.op == "call_function":
+        return node.target in _PASS_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in _PASS_METHODS
+    return False
+
+
+def _first_tensor_arg(node: fx.Node) -> fx.Node | None:
+    arg = node.args[0] if node.args else node.kwargs.get("input")
+    return arg if isinstance(arg, fx.Node) else None
+
+
+def _follows_depthwise(conv_node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """True when ``conv_node``'s input reaches back to a depthwise conv with no branching."""
+    node = _first_tensor_arg(conv_node)
+    while node is not None:
+        if len(node.users) != 1:
+            return False
+        if node.op == "call_module" and is_depthwise(modules.get(node.target)):
+            return True
+        if not _passes_through(node, modules):
+            return False
+        node = _first_tensor_arg(node)
+    return False
+
+
+def _classify(conv: nn.Module, follows_dw: bool) -> str | None:
+    if is_pointwise(conv):
+        return "dw_pw" if follows_dw else "pw"
+    if is_standard(conv):
+        return "std"
+    return None
+
+
+def _from_graph(graph: fx.Graph, root: nn.Module, prefix: str) -> list[Candidate]:
+    modules = dict(root.named_modules())
+    found: dict[str, Candidate] = {}
+    for node in graph.nodes:
+        if node.op != "call_module":
+            continue
+        conv = modules.get(node.target)
+        if not isinstance(conv, nn.Conv2d):
+            continue
+        pattern = _classify(conv, _follows_depthwise(node, modules))
+        if pattern is None:
+            continue
+        name = f"{prefix}{node.target}"
+        if name in found:  # a shared module: dw_pw only if every use is
+            if found[name].pattern != pattern:
+                found[name].pattern = "pw" if pattern in ("pw", "dw_pw") else pattern
+            continue
+        found[name] = Candidate(name, conv, pattern, verified=True)
+    for name, conv in modules.items():  # convs that forward never calls
+        full = f"{prefix}{name}"
+        if isinstance(conv, nn.Conv2d) and full not in found and _classify(conv, False):
+            found[full] = Candidate(full, conv, _classify(conv, False), verified=True, used=False)
+    return list(found.values())
+
+
+def _from_module_order(root: nn.Module, prefix: str) -> list[Candidate]:
+    """Classify by registration order: a 1x1 conv right after a depthwise conv (only
+    pass-through modules between, same parent) is taken to be ``dw_pw``."""
+    out = []
+    previous_dw: nn.Conv2d | None = None
+    for name, m in root.named_modules():
+        if isinstance(m, nn.Conv2d):
+            follows = previous_dw is not None and previous_dw.out_channels == m.in_channels
+            pattern = _classify(m, follows)
+            if pattern is not None:
+                out.append(Candidate(f"{prefix}{name}", m, pattern, verified=False))
+            previous_dw = m if is_depthwise(m) else None
+        elif not isinstance(m, _PASS_MODULES) and len(m._modules) == 0:
+            previous_dw = None
+    return out
+
+
+def _walk(module: nn.Module, prefix: str, info: TraceInfo) -> Iterator[Candidate]:
+    try:
+        graph = _trace(module)
+    except Exception as err:  # noqa: BLE001 - any tracing failure means: go one level down
+        info.failures[prefix.rstrip(".") or "<model>"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    else:
+        info.traced.append(prefix.rstrip(".") or "<model>")
+        yield from _from_graph(graph, module, prefix)
+        return
+    children = list(module.named_children())
+    if isinstance(module, nn.Conv2d) or not children:
+        yield from _from_module_order(module, prefix)
+        return
+    # Convs registered directly here, between children, are only seen by module order.
+    pending: list[tuple[str, nn.Module]] = []
+    for name, child in children:
+        if isinstance(child, (nn.Conv2d, *_PASS_MODULES)):
+            pending.append((name, child))
+            continue
+        yield from _flush(pending, prefix)
+        pending = []
+        yield from _walk(child, f"{prefix}{name}.", info)
+    yield from _flush(pending, prefix)
+
+
+def _flush(pending: list[tuple[str, nn.Module]], prefix: str) -> Iterator[Candidate]:
+    if pending:
+        yield from _from_module_order(_Group(pending), prefix)
+
+
+class _Group(nn.Module):
+    """A plain container keeping the original names, for module-order classification."""
+
+    def __init__(self, items: list[tuple[str, nn.Module]]) -> None:
+        super().__init__()
+        for name, m in items:
+            self.add_module(name, m)
+
+
+def find_candidates(model: nn.Module) -> tuple[list[Candidate], TraceInfo]:
+    """All replaceable convolutions of ``model`` in network order, and how they were found."""
+    info = TraceInfo(mode="fx", traced=[], failures={})
+    candidates = list(_walk(model, "", info))
+    if info.failures:
+        info.mode = "partial" if info.traced else "modules"
+    return candidates, info

@@ -1,0 +1,144 @@
+"""``ConversionReport``: every candidate layer, converted or skipped, and why."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from tabulate import tabulate
+
+__all__ = ["LayerRecord", "ConversionReport"]
+
+
+@dataclass
+class LayerRecord:
+    """One candidate convolution.
+
+    ``macs_*`` are multiply-accumulates for one forward at the report's ``input_shape``
+    (``None`` when no input was available); FLOPs are twice that.
+    """
+
+    name: str
+    pattern: str
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    converted: bool
+    reason: str
+    verified: bool
+    cg: int | None = None
+    co: float | None = None
+    cd: int | None = None
+    params_before: int = 0
+    params_after: int = 0
+    macs_before: int | None = None
+    macs_after: int | None = None
+    kept_energy: float | None = None  # fraction of squared weight magnitude kept (slice/energy/std)
+    calib_error: float | None = None  # lsq: residual / variance of the original outputs
+    new_type: str | None = None
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`scc_convert.convert` did.
+
+    Attributes:
+        layers: one :class:`LayerRecord` per candidate, in network order.
+        cg, co, init, patterns: the settings used.
+        input_shape: the example input the MACs were counted on (``None``: not counted).
+        trace: ``"fx"`` (whole model traced), ``"partial"`` or ``"modules"`` (module order).
+        trace_failures: module name -> tracing error, for the parts that did not trace.
+        seconds: wall time of the conversion.
+    """
+
+    layers: list[LayerRecord]
+    cg: int
+    co: float
+    init: str
+    patterns: tuple[str, ...]
+    input_shape: tuple[int, ...] | None
+    trace: str
+    trace_failures: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def converted(self) -> list[LayerRecord]:
+        return [r for r in self.layers if r.converted]
+
+    @property
+    def skipped(self) -> list[LayerRecord]:
+        return [r for r in self.layers if not r.converted]
+
+    def totals(self) -> dict[str, int | None]:
+        """Params and MACs of the candidate layers, before and after (other layers excluded)."""
+        out: dict[str, int | None] = {
+            "params_before": sum(r.params_before for r in self.layers),
+            "params_after": sum(r.params_after for r in self.layers),
+        }
+        if self.input_shape is None:
+            out["macs_before"] = out["macs_after"] = None
+        else:
+            out["macs_before"] = sum(r.macs_before or 0 for r in self.layers)
+            out["macs_after"] = sum(r.macs_after or 0 for r in self.layers)
+        return out
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["totals"] = self.totals()
+        return data
+
+    def to_json(self, **kwargs) -> str:
+        kwargs.setdefault("indent", 2)
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def __str__(self) -> str:
+        rows = []
+        for r in self.layers:
+            shape = f"{r.in_channels}->{r.out_channels} k{r.kernel_size[0]}" + (f" s{r.stride[0]}" if r.stride[0] > 1 else "")
+            if r.converted:
+                quality = (
+                    f"err {r.calib_error:.3f}" if r.calib_error is not None
+                    else f"{100 * r.kept_energy:.1f}%" if r.kept_energy is not None else ""
+                )
+                status = f"-> {r.new_type} cg={r.cg} co={r.co} cd={r.cd}" + (f" ({r.reason})" if r.reason else "")
+            else:
+                quality, status = "", f"skipped: {r.reason}"
+            pattern = r.pattern + ("" if r.verified else "?")
+            rows.append([r.name, pattern, shape, status, _pair(r.params_before, r.params_after),
+                         _pair(r.macs_before, r.macs_after), quality])
+        table = tabulate(rows, headers=["layer", "pattern", "shape", "result", "params", "MACs", "kept"])
+        t = self.totals()
+        lines = [
+            f"SCC conversion: {len(self.converted)} of {len(self.layers)} candidate layers converted "
+            f"(cg={self.cg}, co={self.co}, init={self.init}, patterns={','.join(self.patterns)}, {self.seconds:.2f} s)",
+            table,
+            f"candidate layers: params {_pair(t['params_before'], t['params_after'])}"
+            + (f", MACs {_pair(t['macs_before'], t['macs_after'])} at input {tuple(self.input_shape)}" if self.input_shape else ""),
+            "MACs = multiply-accumulates (FLOPs = 2 x MACs), bias excluded. kept: share of squared "
+            "weight magnitude kept (slice/energy) or calibration error (lsq, residual / output variance).",
+        ]
+        if self.trace != "fx":
+            lines.append(
+                f"note: the model did not trace as a whole ({self.trace}); patterns marked '?' were "
+                f"found from module order (unverified). Failures: "
+                + "; ".join(f"{k}: {v}" for k, v in self.trace_failures.items())
+            )
+        return "\n".join(lines)
+
+
+def _pair(before: int | None, after: int | None) -> str:
+    if before is None:
+        return "n/a"
+    if before == after:
+        return _short(before)
+    return f"{_short(before)} -> {_short(after)}"
+
+
+def _short(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)

@@ -1,0 +1,145 @@
+"""Weight transfer from an original convolution to its SCC replacement.
+
+* ``slice``  — output ``o`` keeps the original weights on the channels of its window
+  (default window order ``o % cd``).
+* ``energy`` — the output-to-window assignment that keeps the most squared weight
+  magnitude, with the same number of outputs per window (a transportation problem,
+  solved as a linear assignment over window slots).
+* ``lsq``    — see :mod:`scc_convert.convert.calibrate` (uses :func:`solve_windows`).
+* ``random`` — the layer's own initialisation.
+
+For ``std`` layers the KxK kernel is first factorised into a depthwise KxK kernel and an
+SCC (:func:`factorise_standard`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..geometry import SCCGeometry
+
+__all__ = ["window_index", "slice_weight", "assign_windows", "energy_assignment", "kept_energy", "factorise_standard", "solve_windows"]
+
+
+def window_index(geom: SCCGeometry, window_of: tuple[int, ...] | None = None, device=None) -> Tensor:
+    """``[Cout, gw]`` long tensor: the input channels each output reads, in weight order."""
+    return torch.tensor(geom.input_channels_of(window_of), dtype=torch.long, device=device)
+
+
+def slice_weight(dense: Tensor, geom: SCCGeometry, window_of: tuple[int, ...] | None = None) -> Tensor:
+    """``[Cout, gw]``: the entries of the ``[Cout, Cin]`` weight that fall on each output's window."""
+    return dense.gather(1, window_index(geom, window_of, dense.device))
+
+
+def _window_mask(geom: SCCGeometry, dtype: torch.dtype, device=None) -> Tensor:
+    """``[cd, Cin]`` 0/1: which input channels each window reads."""
+    mask = torch.zeros(geom.cyclic_distance, geom.in_channels, dtype=dtype, device=device)
+    for w in range(geom.cyclic_distance):
+        mask[w, list(geom.window_channels(w))] = 1
+    return mask
+
+
+def assign_windows(score: Tensor, geom: SCCGeometry) -> tuple[int, ...]:
+    """The ``window_of`` maximising ``sum_o score[o, window_of[o]]`` among valid assignments.
+
+    ``score`` is ``[Cout, cd]``. Valid means each window gets as many outputs as in the
+    default ``o % cd`` order; solved exactly as a linear assignment of outputs to window
+    slots (``scipy.optimize.linear_sum_assignment``).
+    """
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "init='energy' and init='lsq' need scipy for the output-to-window assignment: "
+            "pip install 'scc-convert[scipy]'"
+        ) from err
+    slots = list(geom.default_window_of)  # slot j belongs to window slots[j]
+    cost = score.detach().double().cpu()[:, slots].numpy()
+    rows, cols = linear_sum_assignment(cost, maximize=True)
+    window_of = [0] * geom.out_channels
+    for o, j in zip(rows.tolist(), cols.tolist()):
+        window_of[o] = slots[j]
+    return tuple(window_of)
+
+
+def energy_assignment(dense: Tensor, geom: SCCGeometry) -> tuple[int, ...]:
+    """Assignment keeping the most ``sum(weight**2)`` of a ``[Cout, Cin]`` weight."""
+    sq = dense.detach().double().square()
+    return assign_windows(sq @ _window_mask(geom, sq.dtype, sq.device).t(), geom)
+
+
+def kept_energy(dense: Tensor, scc_weight: Tensor) -> float:
+    """Fraction of the original squared weight magnitude the SCC weight carries."""
+    total = dense.detach().double().square().sum().item()
+    return scc_weight.detach().double().square().sum().item() / total if total > 0 else 1.0
+
+
+def factorise_standard(kernel: Tensor, geom: SCCGeometry, iterations: int = 25) -> tuple[Tensor, Tensor]:
+    """Factorise a ``[Cout, Cin, k, k]`` kernel into depthwise ``[Cin, 1, k, k]`` + SCC ``[Cout, gw]``.
+
+    Minimises ``sum_{o, c in window(o)} ||K[o, c] - s[o, c] * d[c]||^2`` (channels outside an
+    output's window cannot be represented and are left out) by alternating least squares,
+    started from each input channel's leading singular vector. Computed in fp64.
+    """
+    cout, cin, kh, kw = kernel.shape
+    k = kernel.detach().double().reshape(cout, cin, kh * kw)
+    idx = window_index(geom, device=k.device)  # [Cout, gw]
+    mask = torch.zeros(cout, cin, dtype=torch.float64, device=k.device).scatter_(1, idx, 1.0)
+    # d[c]: leading right singular vector of the slices K[o, c] over the outputs that read c.
+    _, sv, vh = torch.linalg.svd((k * mask[:, :, None]).transpose(0, 1), full_matrices=False)
+    d = vh[:, 0] * sv[:, :1].sqrt()  # [Cin, k*k]
+    scale = torch.zeros(cout, cin, dtype=torch.float64, device=k.device)
+    for _ in range(iterations):
+        denom = d.square().sum(1).clamp_min(1e-30)  # [Cin]
+        scale = (k * d[None]).sum(2) / denom * mask  # best s for fixed d
+        weight = scale.square().sum(0)  # [Cin]
+        d = torch.where(
+            weight[:, None] > 0,
+            (scale[:, :, None] * k).sum(0) / weight.clamp_min(1e-30)[:, None],
+            d,
+        )
+    denom = d.square().sum(1).clamp_min(1e-30)
+    scale = (k * d[None]).sum(2) / denom * mask
+    depthwise = d.reshape(cin, 1, kh, kw)
+    return depthwise.to(kernel.dtype), scale.gather(1, idx).to(kernel.dtype)
+
+
+def solve_windows(
+    gram: Tensor, cross: Tensor, target_sq: Tensor, geom: SCCGeometry, intercept: bool, ridge: float = 1e-4
+) -> tuple[tuple[int, ...], Tensor, Tensor | None, Tensor]:
+    """Least-squares SCC weights from second moments of the calibration data (fp64).
+
+    Args:
+        gram: ``[D, D]`` with ``D = Cin (+1 with intercept)``: ``A^T A`` of the SCC's inputs
+            ``A = [u, 1]``, one row per sampled pixel.
+        cross: ``[D, Cout]``: ``A^T Y`` with the original layer's outputs ``Y``.
+        target_sq: ``[Cout]``: ``sum(Y**2)`` per output.
+        intercept: fit a bias (the last row/column of ``gram`` is the constant input).
+        ridge: Tikhonov weight, relative to the mean diagonal of each window's Gram matrix.
+
+    For every window the ridge problem is solved for all outputs at once (the window's Gram
+    matrix is shared); the residual each output would leave on each window then drives the
+    assignment (:func:`assign_windows` on ``-error``).
+
+    Returns:
+        ``(window_of, weight [Cout, gw], bias [Cout] or None, error [Cout])``.
+    """
+    cin, cout, gw = geom.in_channels, geom.out_channels, geom.group_width
+    thetas, errors = [], []
+    for w in range(geom.cyclic_distance):
+        cols = list(geom.window_channels(w)) + ([cin] if intercept else [])
+        g = gram[cols][:, cols]
+        b = cross[cols]
+        reg = torch.zeros(len(cols), dtype=g.dtype, device=g.device)
+        reg[:gw] = ridge * g.diagonal()[:gw].mean().clamp_min(1e-12)
+        theta = torch.linalg.solve(g + torch.diag(reg), b)  # [D_w, Cout]
+        err = target_sq - 2 * (theta * b).sum(0) + (theta * (g @ theta)).sum(0)
+        thetas.append(theta)
+        errors.append(err.clamp_min(0))
+    error = torch.stack(errors, 1)  # [Cout, cd]
+    window_of = assign_windows(-error, geom)
+    chosen = torch.stack([thetas[w][:, o] for o, w in enumerate(window_of)])  # [Cout, D_w]
+    weight = chosen[:, :gw]
+    bias = chosen[:, gw] if intercept else None
+    return window_of, weight, bias, error[torch.arange(cout), list(window_of)]
