@@ -260,3 +260,21 @@ def test_noncontiguous_input_and_grad():
     xr = xs.detach().clone().requires_grad_()
     scc_reference(xr, weight, cg=4, co=0.5).backward(gy)
     torch.testing.assert_close(xs.grad, xr.grad, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_runs_in_the_autocast_dtype(dtype):
+    from scc_convert import SCCConv2d
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), SCCConv2d(16, 16, 4, 0.5, bias=True))
+    x = torch.randn(2, 3, 6, 6)
+    expected = model(x)
+    with torch.autocast("cpu", dtype=dtype):
+        y = model(x)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.float(), expected, atol=0.1, rtol=0.05)
+    y.float().sum().backward()
+    assert model[1].weight.grad.dtype == torch.float32  # parameters stay fp32 under autocast
+    with torch.autocast("cpu", dtype=dtype):  # the op itself, called directly
+        z = torch.ops.scc.scc_conv2d(x[:, :2].repeat(1, 8, 1, 1), model[1].weight, None, 4, 0.5, None)
+    assert z.dtype == dtype

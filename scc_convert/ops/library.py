@@ -120,6 +120,39 @@ def scc_conv2d_backward_flop(
     return 2 * _scc_macs(input_shape, weight_shape) * (int(bool(input_grad)) + int(bool(weight_grad)))
 
 
+def _register_autocast() -> None:
+    """Under autocast, run the op in the autocast dtype of the input's device (bf16/fp16).
+
+    ``torch.library.register_autocast`` casts to one fixed dtype; this follows whatever dtype
+    the enclosing ``torch.autocast`` region asked for.
+    """
+    global _AUTOCAST_LIB
+    _AUTOCAST_LIB = torch.library.Library(_NS, "FRAGMENT")
+    for device_type in ("cpu", "cuda"):
+        if not torch.amp.is_autocast_available(device_type):
+            continue
+        key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        exclude = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key_name))
+
+        def kernel(_keyset, input, weight, bias, cg, co, window_of, device_type=device_type, exclude=exclude):
+            dtype = torch.get_autocast_dtype(device_type)
+
+            def cast(t):
+                if t is not None and t.is_floating_point() and t.device.type == device_type:
+                    return t.to(dtype)
+                return t
+
+            with torch._C._ExcludeDispatchKeyGuard(exclude):
+                return torch.ops.scc.scc_conv2d(cast(input), cast(weight), cast(bias), cg, co, window_of)
+
+        _AUTOCAST_LIB.impl("scc_conv2d", kernel, key_name, with_keyset=True)
+
+
+# Kept alive for the process: dropping a Library removes its kernels. ``globals().get`` keeps
+# the handle when the module is reloaded (registration itself is skipped then).
+_AUTOCAST_LIB: torch.library.Library | None = globals().get("_AUTOCAST_LIB")
+
+
 def _register() -> None:
     fwd = torch.library.custom_op(
         f"{_NS}::scc_conv2d", _forward_impl, mutates_args=(), schema=_FWD_SCHEMA
@@ -132,6 +165,7 @@ def _register() -> None:
     fwd.register_autograd(_autograd_backward, setup_context=_setup_context)
     register_flop_formula(torch.ops.scc.scc_conv2d)(scc_conv2d_flop)
     register_flop_formula(torch.ops.scc.scc_conv2d_backward)(scc_conv2d_backward_flop)
+    _register_autocast()
 
 
 if not _already_registered():
