@@ -17,56 +17,12 @@ conv to SCC and print the conversion report and the profile (MACs; FLOPs = 2 x M
 from __future__ import annotations
 
 import argparse
-from collections import OrderedDict
 
 import torch
-from torch import nn
+
+from scc_convert.models import BLOCKS, cifar_mobilenet
 
 __all__ = ["cifar_mobilenet", "BLOCKS"]
-
-# (output channels, stride of the depthwise conv) of the 13 DW+PW blocks.
-BLOCKS: tuple[tuple[int, int], ...] = (
-    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
-    (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1),
-)
-
-
-def _dw_pw(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(OrderedDict(
-        dw=nn.Conv2d(in_channels, in_channels, 3, stride=stride, padding=1, groups=in_channels, bias=True),
-        bn1=nn.BatchNorm2d(in_channels),
-        relu1=nn.ReLU(inplace=True),
-        pw=nn.Conv2d(in_channels, out_channels, 1, bias=False),
-        bn2=nn.BatchNorm2d(out_channels),
-        relu2=nn.ReLU(inplace=True),
-    ))
-
-
-def cifar_mobilenet(num_classes: int = 10) -> nn.Module:
-    """The poster's CIFAR MobileNet (46.35M MACs and 3.22M parameters at 1x3x32x32 with
-    10 classes, counted as :func:`scc_convert.profile` does).
-
-    Example:
-        >>> import torch
-        >>> cifar_mobilenet()(torch.randn(2, 3, 32, 32)).shape
-        torch.Size([2, 10])
-    """
-    blocks = []
-    cin = 32
-    for cout, stride in BLOCKS:
-        blocks.append(_dw_pw(cin, cout, stride))
-        cin = cout
-    return nn.Sequential(OrderedDict(
-        stem=nn.Sequential(OrderedDict(
-            conv=nn.Conv2d(3, 32, 3, stride=1, padding=1, bias=False),
-            bn=nn.BatchNorm2d(32),
-            relu=nn.ReLU(inplace=True),
-        )),
-        blocks=nn.Sequential(*blocks),
-        pool=nn.AvgPool2d(2),
-        flatten=nn.Flatten(),
-        classifier=nn.Linear(cin, num_classes),
-    ))
 
 
 def main() -> None:

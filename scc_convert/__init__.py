@@ -8,6 +8,8 @@ Public API:
   :class:`ConversionReport`.
 * :func:`profile` — MACs/FLOPs, parameters, size and latency, before vs after
   (:class:`ProfileReport`).
+* :func:`finetune` — distillation / cross-entropy fine-tuning, AMP, checkpoints, torchrun
+  (:class:`FinetuneResult`).
 * ``torch.ops.scc.scc_conv2d`` — the registered op (fake kernel, autograd, FLOP formula).
 
 Cost conventions everywhere: a MAC is one multiply-accumulate; FLOPs = 2 x MACs; bias and
@@ -18,10 +20,11 @@ from . import functional
 from .convert import ConversionReport, convert
 from .geometry import SCCGeometry
 from .nn import DWSCCConv2d, SCCConv2d
+from .finetune import FinetuneResult, finetune
 from .profile import ProfileReport, profile
 
 __all__ = [
     "SCCConv2d", "DWSCCConv2d", "SCCGeometry", "functional", "convert", "ConversionReport",
-    "profile", "ProfileReport",
+    "profile", "ProfileReport", "finetune", "FinetuneResult",
 ]
 __version__ = "0.1.0"

@@ -1,76 +1,477 @@
-"""The ``scc-convert`` command line: a thin shell over the public API."""
+"""The ``scc-convert`` command line: a thin shell over the public API.
+
+    scc-convert MODEL [-o OUT] [--cg 4] [--co 0.5] [...]   convert a model file
+    scc-convert profile MODEL [MODEL2] [...]               MACs/params/latency, or compare two
+    scc-convert finetune CONVERTED --teacher ORIGINAL --data DIR|digits
+                                                           recover accuracy (distillation)
+    scc-convert demo                                       convert a built-in model, no download
+
+Exit codes: 0 success, 1 failure (the inputs could not be processed), 2 usage error. Every
+error is one line on stderr (``--debug`` shows the traceback); no partial output file is
+ever left behind.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
-from tabulate import tabulate
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-
-from .nn import SCCConv2d
 
 __all__ = ["main"]
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
-def _dw_pw_block(channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
-        nn.BatchNorm2d(channels),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(channels, out_channels, 1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
+
+class CLIError(Exception):
+    """A one-line error and its exit code (1 failure, 2 usage)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage errors, as one line, exit 2
+        raise CLIError(f"{self.prog}: {message}", 2)
+
+
+# -- argument types ---------------------------------------------------------------------------
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape like 1,3,224,224") from None
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 4 positive sizes N,C,H,W (e.g. 1,3,224,224)")
+    return shape
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of ints") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be >= 1")
+    return values
+
+
+def _device(text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("cuda was asked for but no CUDA GPU is available here")
+    return device
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", help="package.module:factory building the model when MODEL is a state_dict "
+                                  "(e.g. torchvision.models:mobilenet_v2)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow loading a whole pickled nn.Module (unpickling can run code: only for files you trust)")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", type=_shape, default=(1, 3, 224, 224), help="N,C,H,W of the example input (default 1,3,224,224)")
+    p.add_argument("--device", type=_device, default=torch.device("cpu"), help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model and input dtype (default float32)")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no tables or progress, errors only")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _convert_parser() -> argparse.ArgumentParser:
+    from .convert import INITS, PATTERNS
+
+    p = _Parser(
+        prog="scc-convert",
+        description="Replace a CNN's pointwise convolutions with Sliding-Channel Convolutions. "
+                    "Subcommands: 'scc-convert profile --help', 'scc-convert demo --help'.",
     )
+    p.add_argument("model", metavar="MODEL", help="a state_dict (with --arch) or a pickled nn.Module (with --trust-pickle)")
+    p.add_argument("-o", "--output", help="where to write the converted module (default: MODEL_scc.pt); a JSON report goes beside it")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--cg", type=int, default=4, help="channel groups (default 4)")
+    p.add_argument("--co", type=float, default=0.5, help="channel overlap ratio in [0, 1) (default 0.5)")
+    p.add_argument("--patterns", default="dw_pw,pw", help=f"comma-separated, from {','.join(PATTERNS)} (default dw_pw,pw)")
+    p.add_argument("--include", action="append", help="only layers matching this glob (or re:REGEX); repeatable")
+    p.add_argument("--exclude", action="append", help="skip layers matching this glob (or re:REGEX); repeatable")
+    p.add_argument("--min-channels", type=int, default=16, help="skip layers with fewer input channels (default 16)")
+    p.add_argument("--on-indivisible", choices=("skip", "nearest"), default="skip",
+                   help="when cg does not divide a layer's input channels (default skip)")
+    p.add_argument("--init", choices=INITS, default="slice", help="weight transfer (default slice; lsq needs --calib)")
+    p.add_argument("--calib", help="calibration inputs: an image folder or a saved tensor [N,C,H,W] (.pt)")
+    p.add_argument("--calib-limit", type=int, default=64, help="at most this many calibration images (default 64)")
+    p.add_argument("--mean", type=_floats, default=(0.485, 0.456, 0.406), help="per-channel mean for --calib images")
+    p.add_argument("--std", type=_floats, default=(0.229, 0.224, 0.225), help="per-channel std for --calib images")
+    p.add_argument("--recalibrate-bn", action="store_true", help="re-estimate BatchNorm statistics on --calib")
+    p.add_argument("--profile", action="store_true", help="also profile before vs after (MACs, params, latency)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.add_argument("--dry-run", action="store_true", help="convert and report, write nothing")
+    _add_model_args(p)
+    _add_run_args(p)
+    _add_common(p)
+    return p
 
 
-def _cost(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters())
+def _profile_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="scc-convert profile", description="MACs/FLOPs, parameters, size and latency of a model, or of two side by side.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("other", metavar="MODEL2", nargs="?", help="a second model (e.g. the converted one) to compare with")
+    p.add_argument("--batch-sizes", type=_ints, help="comma-separated batch sizes (default: N of --input-shape)")
+    p.add_argument("--train", action="store_true", help="also count the backward pass")
+    p.add_argument("--no-latency", action="store_true", help="count only, do not time")
+    p.add_argument("--repeats", type=int, default=30, help="timed runs per model (default 30)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--plot", help="write a PNG chart here (needs matplotlib)")
+    _add_model_args(p)
+    _add_run_args(p)
+    _add_common(p)
+    return p
 
 
-def _demo(args: argparse.Namespace) -> int:
-    torch.manual_seed(0)
-    block = _dw_pw_block(args.channels, args.channels).eval()
-    pw = block[3]
-    scc = SCCConv2d(args.channels, args.channels, args.cg, args.co)
-    with torch.no_grad():  # each output keeps its original weights on its window
-        columns = torch.tensor(scc.geometry.input_channels_of())
-        scc.weight.copy_(pw.weight[:, :, 0, 0].gather(1, columns))
-    small = _dw_pw_block(args.channels, args.channels).eval()
-    small.load_state_dict(block.state_dict())
-    small[3] = scc
-    x = torch.randn(1, args.channels, args.size, args.size)
-    (m0, p0), (m1, p1) = _cost(block, x), _cost(small, x)
-    print(f"DW+PW block, C={args.channels}, {args.size}x{args.size} input; pointwise conv -> {scc}")
-    rows = [["MACs", f"{m0:,}", f"{m1:,}", f"{m0 / m1:.2f}x"], ["params", f"{p0:,}", f"{p1:,}", f"{p0 / p1:.2f}x"]]
-    print(tabulate(rows, headers=["", "DW+PW", "DW+SCC", "reduction"]))
-    print("MACs: multiply-accumulates of one forward (FLOPs = 2 x MACs); bias and BatchNorm not counted.")
+def _finetune_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="scc-convert finetune",
+                description="Fine-tune a converted model, with knowledge distillation from the original. "
+                            "Runs unchanged under torchrun (DistributedDataParallel).")
+    p.add_argument("model", metavar="CONVERTED", help="the converted model (a pickled nn.Module: needs --trust-pickle)")
+    p.add_argument("--teacher", help="the original model (pickled nn.Module, or a state_dict with --arch)")
+    p.add_argument("--data", required=True,
+                   help="an ImageFolder directory (with train/ and val/ subfolders, or one folder of class "
+                        "folders), or 'digits' for scikit-learn's bundled handwritten digits")
+    p.add_argument("-o", "--output", help="where to write the fine-tuned module (default: CONVERTED_ft.pt)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, help="learning rate (default: 0.01 for sgd, 1e-3 for adamw)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    p.add_argument("--kd-alpha", type=float, help="weight of the distillation loss (default 0.5 with a teacher)")
+    p.add_argument("--kd-temperature", type=float, default=4.0)
+    p.add_argument("--feature-kd", action="store_true", help="also match every SCC layer's output to the original conv's")
+    p.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed")
+    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto")
+    p.add_argument("--image-size", type=int, default=224, help="training crop size for ImageFolder data, image size for digits")
+    p.add_argument("--mean", type=_floats, default=(0.485, 0.456, 0.406))
+    p.add_argument("--std", type=_floats, default=(0.229, 0.224, 0.225))
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for ImageFolder data")
+    p.add_argument("--device", type=_device, default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--checkpoint-dir", help="write last.pt / best.pt here")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir/last.pt")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_model_args(p)
+    _add_common(p)
+    return p
+
+
+def _image_folder_loaders(args: argparse.Namespace):
+    try:
+        from torchvision import datasets
+        from torchvision import transforms as T
+    except ImportError:
+        raise CLIError("--data DIR needs torchvision (pip install torchvision)", 1) from None
+    root = Path(args.data)
+    if not root.is_dir():
+        raise CLIError(f"--data {root}: no such folder (or use --data digits)", 2)
+    normalize = T.Normalize(list(args.mean), list(args.std))
+    train_tf = T.Compose([T.RandomResizedCrop(args.image_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
+    val_tf = T.Compose([T.Resize(int(args.image_size * 8 / 7)), T.CenterCrop(args.image_size), T.ToTensor(), normalize])
+    train_dir, val_dir = root / "train", root / "val"
+    try:
+        if train_dir.is_dir():
+            train = datasets.ImageFolder(train_dir, train_tf)
+            val = datasets.ImageFolder(val_dir, val_tf) if val_dir.is_dir() else None
+        else:
+            train, val = datasets.ImageFolder(root, train_tf), None
+    except (FileNotFoundError, RuntimeError) as err:
+        raise CLIError(f"--data {root}: {err}", 1) from None
+    loader = torch.utils.data.DataLoader
+    kwargs = {"batch_size": args.batch_size, "num_workers": args.workers}
+    return loader(train, shuffle=True, drop_last=True, **kwargs), (loader(val, **kwargs) if val is not None else None)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune import finetune
+    from .io import save_model
+
+    source = Path(args.model)
+    out = Path(args.output) if args.output else source.with_name(source.stem + "_ft.pt")
+    if out.exists() and not args.force:
+        raise CLIError(f"{out} exists; use --force to overwrite it", 1)
+    if out.resolve() == source.resolve():
+        raise CLIError(f"-o {out} is the input file; choose another output", 2)
+    args.dtype = "float32"
+    args.device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    student_args = argparse.Namespace(**{**vars(args), "arch": None})
+    student = _load(args.model, student_args).train()
+    teacher = _load(args.teacher, args) if args.teacher else None
+    if args.data == "digits":
+        from .data import digits_loaders
+
+        try:
+            train, val = digits_loaders(batch_size=args.batch_size, image_size=args.image_size)
+        except ImportError as err:
+            raise CLIError(str(err), 1) from None
+    else:
+        train, val = _image_folder_loaders(args)
+    amp = {"auto": None, "off": False, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    try:
+        result = finetune(
+            student, train, teacher=teacher, val_data=val, epochs=args.epochs, steps=args.steps, lr=args.lr,
+            optimizer=args.optimizer, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
+            feature_kd=args.feature_kd, freeze_bn=args.freeze_bn, amp=amp, device=args.device,
+            checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=not args.quiet,
+        )
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+        raise CLIError(str(err), 1) from None
+    if result.world_size > 1 and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return 0
+    save_model(result.model.cpu(), out, overwrite=args.force)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        final = result.final
+        _say(args, f"fine-tuned {result.steps} steps in {result.wall_time_s:.1f} s on {result.device} (amp {result.amp}); "
+                   f"final: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if v is not None))
+        _say(args, f"wrote {out}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scc-convert", description="Sliding-Channel Convolution conversion tools.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="swap a DW+PW block's pointwise conv for SCC and print its cost")
-    demo.add_argument("--channels", type=int, default=128)
-    demo.add_argument("--size", type=int, default=28, help="input height and width")
-    demo.add_argument("--cg", type=int, default=4)
-    demo.add_argument("--co", type=float, default=0.5)
-    demo.set_defaults(func=_demo)
-    return parser
+def _demo_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="scc-convert demo",
+                description="Convert a built-in model (torchvision's MobileNetV2, random init, or the "
+                            "package's CIFAR MobileNet) and print the report and the profile.")
+    p.add_argument("--model", choices=("mobilenet_v2", "cifar_mobilenet"), default="mobilenet_v2")
+    p.add_argument("--cg", type=int, default=4)
+    p.add_argument("--co", type=float, default=0.5)
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per model (default 20)")
+    _add_common(p)
+    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _say(args: argparse.Namespace, *parts: object) -> None:
+    if not args.quiet:
+        print(*parts)
+
+
+def _load(path: str, args: argparse.Namespace) -> nn.Module:
+    from .io import ModelLoadError, load_model
+
     try:
-        return args.func(args)
+        model = load_model(path, arch=args.arch, trust_pickle=args.trust_pickle)
+    except FileNotFoundError as err:
+        raise CLIError(str(err), 2) from None
+    except ModelLoadError as err:
+        raise CLIError(str(err), 1) from None
+    return model.to(device=args.device, dtype=DTYPES[args.dtype]).eval()
+
+
+def _example(args: argparse.Namespace) -> torch.Tensor:
+    return torch.randn(*args.input_shape, device=args.device, dtype=DTYPES[args.dtype])
+
+
+def _calibration(args: argparse.Namespace) -> torch.Tensor:
+    path = Path(args.calib)
+    if not path.exists():
+        raise CLIError(f"--calib {path}: no such file or folder", 2)
+    _, c, h, w = args.input_shape
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[: args.calib_limit]
+        if not files:
+            raise CLIError(f"--calib {path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found", 1)
+        try:
+            from torchvision.io import ImageReadMode, decode_image
+            from torchvision.transforms.v2 import functional as TF
+        except ImportError:
+            raise CLIError("--calib with an image folder needs torchvision (pip install torchvision)", 1) from None
+        if len(args.mean) != c or len(args.std) != c:
+            raise CLIError(f"--mean/--std need {c} values for {c}-channel input", 2)
+        images = []
+        for f in files:
+            img = decode_image(str(f), mode=ImageReadMode.RGB if c == 3 else ImageReadMode.GRAY)
+            img = TF.resize(img, min(h, w), antialias=True)
+            img = TF.center_crop(img, [h, w]).float() / 255
+            images.append(TF.normalize(img, list(args.mean), list(args.std)))
+        x = torch.stack(images)
+    else:
+        try:
+            x = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001
+            raise CLIError(f"--calib {path}: not a tensor file torch.load can read safely ({str(err).splitlines()[0][:200]})", 1) from None
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != c:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise CLIError(f"--calib {path}: need a tensor [N,{c},H,W], got {shape}", 1)
+        x = x[: args.calib_limit]
+    return x.to(device=args.device, dtype=DTYPES[args.dtype])
+
+
+def _write_json(path: Path, payload: dict, force: bool) -> None:
+    from .io import atomic_write
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(payload, indent=2) + "\n")
+
+    atomic_write(path, write, overwrite=force)
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from . import convert, profile
+    from .io import save_model
+
+    if args.init == "lsq" and not args.calib:
+        raise CLIError("--init lsq needs --calib (an image folder or a saved input tensor)", 2)
+    if args.recalibrate_bn and not args.calib:
+        raise CLIError("--recalibrate-bn needs --calib", 2)
+    source = Path(args.model)
+    out = Path(args.output) if args.output else source.with_name(source.stem + "_scc.pt")
+    report_path = out.with_suffix(".json")
+    if not args.dry_run:
+        if out.resolve() == source.resolve():
+            raise CLIError(f"-o {out} is the input file; choose another output", 2)
+        for p in (out, report_path):
+            if p.exists() and not args.force:
+                raise CLIError(f"{p} exists; use --force to overwrite it", 1)
+    model = _load(args.model, args)
+    calib = _calibration(args) if args.calib else None
+    try:
+        small, report = convert(
+            model, cg=args.cg, co=args.co, patterns=[p for p in args.patterns.split(",") if p],
+            include=args.include, exclude=args.exclude, min_channels=args.min_channels,
+            on_indivisible=args.on_indivisible, init=args.init, calib_data=calib,
+            recalibrate_bn=args.recalibrate_bn, example_inputs=_example(args), progress=not args.quiet,
+        )
     except (ValueError, TypeError) as err:
+        message = str(err)
+        code = 1 if "failed on an example input" in message else 2
+        raise CLIError(message, code) from None
+    if not report.converted:
+        reasons = sorted({r.reason for r in report.layers}) or ["no 1x1 or KxK convolutions found"]
+        raise CLIError(f"no convertible layer in {source} (reasons: {'; '.join(reasons)})", 1)
+    payload = {"source": str(source), "report": report.to_dict()}
+    prof = None
+    if args.profile:
+        prof = profile(model, small, input_shape=args.input_shape, device=args.device, dtype=DTYPES[args.dtype])
+        payload["profile"] = prof.to_dict()
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        _say(args, report)
+        if prof is not None:
+            _say(args, "")
+            _say(args, prof)
+    if not args.dry_run:
+        save_model(small, out, overwrite=args.force)
+        try:
+            _write_json(report_path, payload, args.force)
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+        if not args.json:
+            _say(args, f"\nwrote {out} and {report_path}")
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from . import profile
+
+    before = _load(args.model, args)
+    after = _load(args.other, args) if args.other else None
+    try:
+        report = profile(before, after, input_shape=args.input_shape, device=args.device, dtype=DTYPES[args.dtype],
+                         batch_sizes=args.batch_sizes, train=args.train, latency=not args.no_latency, repeats=args.repeats)
+    except (ValueError, TypeError) as err:
+        raise CLIError(str(err), 1) from None
+    if args.json:
+        print(report.to_json())
+    else:
+        _say(args, report)
+    if args.plot:
+        from .io import atomic_write
+
+        atomic_write(args.plot, report.plot, overwrite=True)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import convert, profile
+
+    torch.manual_seed(0)
+    if args.model == "mobilenet_v2":
+        try:
+            import torchvision
+        except ImportError:
+            raise CLIError("the mobilenet_v2 demo needs torchvision; try 'scc-convert demo --model cifar_mobilenet'", 1) from None
+        model, shape = torchvision.models.mobilenet_v2().eval(), (1, 3, 224, 224)
+        note = "torchvision mobilenet_v2 (random init: no download)"
+    else:
+        from .models import cifar_mobilenet
+
+        model, shape = cifar_mobilenet().eval(), (1, 3, 32, 32)
+        note = "the DSXplore poster's CIFAR MobileNet (random init)"
+    small, report = convert(model, cg=args.cg, co=args.co, example_inputs=torch.randn(*shape))
+    _say(args, f"demo: {note}, input {shape}\n")
+    _say(args, report)
+    _say(args, "")
+    _say(args, profile(model, small, input_shape=shape, repeats=args.repeats))
+    return 0
+
+
+SUBCOMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
+    "profile": (_profile_parser, _cmd_profile),
+    "demo": (_demo_parser, _cmd_demo),
+    "finetune": (_finetune_parser, _cmd_finetune),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            make_parser, run = SUBCOMMANDS[argv[0]]
+            args = make_parser().parse_args(argv[1:])
+        else:
+            args, run = _convert_parser().parse_args(argv), _cmd_convert
+        return run(args)
+    except CLIError as err:
+        if debug:
+            raise
         print(f"scc-convert: error: {err}", file=sys.stderr)
-        return 2
+        return err.code
+    except KeyboardInterrupt:
+        print("scc-convert: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the CLI promises one line, not a traceback
+        if debug:
+            raise
+        print(f"scc-convert: error: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
