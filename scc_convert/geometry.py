@@ -13,7 +13,8 @@ Terms (SPEC section 2, the DSXplore poster's Algorithms 1 and 2):
   ``o % cd``. A custom ``window_of`` must be a permutation of the default (the same number
   of outputs on every window).
 
-Everything here is pure Python on ints and tuples; nothing imports torch.
+Everything here is pure Python on ints and tuples, except :func:`cyclic_columns`, the same
+window formula as a tensor, which imports torch when called.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-__all__ = ["SCCGeometry", "ExecPlan", "valid_cgs", "check_cg_co"]
+__all__ = ["SCCGeometry", "ExecPlan", "valid_cgs", "check_cg_co", "cyclic_columns"]
 
 
 def _where(layer: str | None) -> str:
@@ -34,6 +35,17 @@ def _where(layer: str | None) -> str:
 def valid_cgs(in_channels: int) -> tuple[int, ...]:
     """The values of ``cg`` that divide ``in_channels`` (each gives a valid SCC)."""
     return tuple(d for d in range(1, in_channels + 1) if in_channels % d == 0)
+
+
+def cyclic_columns(starts: Sequence[int], width: int, channels: int, device=None):
+    """``[len(starts), width]`` int64 tensor: row ``i`` holds ``(starts[i] + k) % channels``.
+
+    The tensor form of :meth:`SCCGeometry.window_channels`, for many windows at once.
+    """
+    import torch
+
+    first = torch.as_tensor(starts, dtype=torch.long, device=device)
+    return (first[:, None] + torch.arange(width, device=device)) % channels
 
 
 def check_cg_co(cg: int, co: float, layer: str | None = None) -> None:

@@ -18,7 +18,7 @@ from . import calibrate
 from .patterns import Candidate, find_candidates
 from .policy import Decision, LayerPolicy
 from .report import ConversionReport, LayerRecord
-from .transfer import energy_assignment, factorise_standard, kept_energy, slice_weight
+from .transfer import energy_assignment, factorise_standard, kept_energy, slice_weight, window_index
 
 __all__ = ["convert", "INITS"]
 
@@ -189,7 +189,7 @@ def _std_kept(kernel: Tensor, depthwise: Tensor, weight: Tensor, geom: SCCGeomet
     """1 - relative squared error of the factorised kernel."""
     k = kernel.detach().double()
     approx = torch.zeros_like(k)
-    idx = torch.tensor(geom.input_channels_of(), device=k.device)
+    idx = window_index(geom, device=k.device)
     approx.scatter_(1, idx[:, :, None, None].expand(-1, -1, *k.shape[2:]),
                     weight.double()[:, :, None, None] * depthwise.double()[idx, 0])
     total = k.square().sum().item()
@@ -292,6 +292,20 @@ def _shape_hook(store: dict[str, tuple[int, ...]], name: str):
     return hook
 
 
+def _run_for_shapes(model: nn.Module, inputs: tuple) -> None:
+    """One forward for the output shapes: on fake tensors (no arithmetic) when the model
+    allows it, else for real."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            model(*(mode.from_tensor(t) if isinstance(t, Tensor) else t for t in inputs))
+        return
+    except Exception:  # noqa: BLE001 - data-dependent or fake-unsupported ops: run for real
+        pass
+    model(*inputs)
+
+
 def _count_before(
     model: nn.Module, candidates: list[Candidate], records: dict[str, LayerRecord], inputs: tuple
 ) -> dict[str, tuple[int, ...]]:
@@ -299,7 +313,7 @@ def _count_before(
     outputs: dict[str, tuple[int, ...]] = {}
     handles = [c.module.register_forward_hook(_shape_hook(outputs, c.name)) for c in candidates]
     try:
-        model(*inputs)
+        _run_for_shapes(model, inputs)
     except Exception as err:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs if isinstance(t, Tensor))
         raise ValueError(f"the model failed on an example input of shape {shapes}: {type(err).__name__}: {err}") from err

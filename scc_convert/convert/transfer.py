@@ -17,14 +17,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..geometry import SCCGeometry
+from ..geometry import SCCGeometry, cyclic_columns
 
 __all__ = ["window_index", "slice_weight", "assign_windows", "energy_assignment", "kept_energy", "factorise_standard", "solve_windows"]
 
 
 def window_index(geom: SCCGeometry, window_of: tuple[int, ...] | None = None, device=None) -> Tensor:
     """``[Cout, gw]`` long tensor: the input channels each output reads, in weight order."""
-    return torch.tensor(geom.input_channels_of(window_of), dtype=torch.long, device=device)
+    starts = [geom.window_starts[w] for w in geom.check_window_of(window_of)]
+    return cyclic_columns(starts, geom.group_width, geom.in_channels, device)
 
 
 def slice_weight(dense: Tensor, geom: SCCGeometry, window_of: tuple[int, ...] | None = None) -> Tensor:
@@ -34,10 +35,8 @@ def slice_weight(dense: Tensor, geom: SCCGeometry, window_of: tuple[int, ...] | 
 
 def _window_mask(geom: SCCGeometry, dtype: torch.dtype, device=None) -> Tensor:
     """``[cd, Cin]`` 0/1: which input channels each window reads."""
-    mask = torch.zeros(geom.cyclic_distance, geom.in_channels, dtype=dtype, device=device)
-    for w in range(geom.cyclic_distance):
-        mask[w, list(geom.window_channels(w))] = 1
-    return mask
+    cols = cyclic_columns(geom.window_starts, geom.group_width, geom.in_channels, device)
+    return torch.zeros(geom.cyclic_distance, geom.in_channels, dtype=dtype, device=device).scatter_(1, cols, 1)
 
 
 def assign_windows(score: Tensor, geom: SCCGeometry) -> tuple[int, ...]:

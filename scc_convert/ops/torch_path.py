@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..geometry import ExecPlan, SCCGeometry
+from ..geometry import ExecPlan, SCCGeometry, cyclic_columns
 
 __all__ = ["scc_forward", "scc_backward", "geometry_for", "output_memory_format"]
 
@@ -93,8 +93,8 @@ def _plan_index(plan: ExecPlan, cin: int, device: torch.device) -> _PlanIndex:
     def long(values) -> Tensor:
         return torch.tensor(values, dtype=torch.long, device=device)
 
-    cols = long(plan.starts)[:, None] + torch.arange(plan.group_width, device=device)
-    return _PlanIndex(long(plan.position), long(plan.batch_of), long(plan.slot_of), (cols % cin).reshape(-1))
+    cols = cyclic_columns(plan.starts, plan.group_width, cin, device)
+    return _PlanIndex(long(plan.position), long(plan.batch_of), long(plan.slot_of), cols.reshape(-1))
 
 
 def _channel_major(x: Tensor, length: int) -> Tensor:
