@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import random
-import secrets
 import sys
 import time
 import warnings
@@ -48,6 +47,7 @@ from torch.utils.data import (
 )
 from tqdm import tqdm
 
+from .io import atomic_write
 from .nn import SCCConv2d
 
 __all__ = ["finetune", "FinetuneResult", "EpochStats", "StepStats", "CHECKPOINT_FORMAT"]
@@ -535,19 +535,8 @@ class _FeatureDistiller:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: readers see the
-    old file or the new one, never a partial one; a failed save leaves no temporary behind."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Readers see the old checkpoint or the new one, never a partial one."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), overwrite=True)
 
 
 class _Meter:

@@ -155,6 +155,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, overw
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb+") as f:  # on disk before it takes the final name
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

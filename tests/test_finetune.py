@@ -273,7 +273,11 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     real_save = torch.save
 
     def failing_save(obj, f, *args, **kwargs):
-        f.write(b"partial checkpoint")
+        if isinstance(f, (str, os.PathLike)):
+            with open(f, "wb") as handle:
+                handle.write(b"partial checkpoint")
+        else:
+            f.write(b"partial checkpoint")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", failing_save)

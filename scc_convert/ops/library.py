@@ -16,7 +16,6 @@ second copy of the package) reuses the ops already registered.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from . import torch_path
