@@ -8,6 +8,8 @@ Public API:
   :class:`ConversionReport`.
 * :func:`profile` — MACs/FLOPs, parameters, size and latency, before vs after
   (:class:`ProfileReport`).
+* :func:`export_onnx` / :func:`export_program` — ONNX with SCC as standard ops (checked in
+  onnxruntime) / ``torch.export`` programs.
 * :func:`finetune` — distillation / cross-entropy fine-tuning, AMP, checkpoints, torchrun
   (:class:`FinetuneResult`).
 * ``torch.ops.scc.scc_conv2d`` — the registered op (fake kernel, autograd, FLOP formula).
@@ -20,11 +22,12 @@ from . import functional
 from .convert import ConversionReport, convert
 from .geometry import SCCGeometry
 from .nn import DWSCCConv2d, SCCConv2d
+from .export import export_onnx, export_program
 from .finetune import FinetuneResult, finetune
 from .profile import ProfileReport, profile
 
 __all__ = [
     "SCCConv2d", "DWSCCConv2d", "SCCGeometry", "functional", "convert", "ConversionReport",
-    "profile", "ProfileReport", "finetune", "FinetuneResult",
+    "profile", "ProfileReport", "finetune", "FinetuneResult", "export_onnx", "export_program",
 ]
 __version__ = "0.1.0"

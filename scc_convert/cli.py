@@ -4,6 +4,7 @@
     scc-convert profile MODEL [MODEL2] [...]               MACs/params/latency, or compare two
     scc-convert finetune CONVERTED --teacher ORIGINAL --data DIR|digits
                                                            recover accuracy (distillation)
+    scc-convert export MODEL --format onnx|pt2 -o OUT     standard-op ONNX / torch.export program
     scc-convert demo                                       convert a built-in model, no download
 
 Exit codes: 0 success, 1 failure (the inputs could not be processed), 2 usage error. Every
@@ -256,6 +257,48 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="scc-convert export",
+                description="Export a (converted) model: ONNX with SCC written as standard ops, checked in "
+                            "onnxruntime, or a torch.export program (.pt2). Dynamic batch size.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--decomposition", choices=("auto", "grouped", "dense"), default="auto",
+                   help="how SCC is written in ONNX (default auto: per layer, whichever runs faster in onnxruntime)")
+    p.add_argument("--classic", action="store_true", help="use the TorchScript-based ONNX exporter instead of dynamo")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime / reload comparison")
+    _add_model_args(p)
+    _add_run_args(p)
+    _add_common(p)
+    return p
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx, export_program
+
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise CLIError(f"{out} exists; use --force to overwrite it", 1)
+    if out.resolve() == Path(args.model).resolve():
+        raise CLIError(f"-o {out} is the input file; choose another output", 2)
+    model = _load(args.model, args)
+    try:
+        if args.format == "onnx":
+            export_onnx(model, _example(args), out, opset=args.opset, dynamo=not args.classic,
+                        check=not args.no_check, decomposition=args.decomposition)
+        else:
+            export_program(model, _example(args), out, check=not args.no_check)
+    except ImportError as err:
+        raise CLIError(f"{err} (pip install 'scc-convert[export]')", 1) from None
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise CLIError(str(err).strip().splitlines()[0], 1) from None
+    _say(args, f"wrote {out}")
+    return 0
+
+
 def _demo_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="scc-convert demo",
                 description="Convert a built-in model (torchvision's MobileNetV2, random init, or the "
@@ -445,6 +488,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[ar
     "profile": (_profile_parser, _cmd_profile),
     "demo": (_demo_parser, _cmd_demo),
     "finetune": (_finetune_parser, _cmd_finetune),
+    "export": (_export_parser, _cmd_export),
 }
 
 

@@ -43,6 +43,8 @@ class SCCConv2d(nn.Module):
         torch.Size([1, 128, 8, 8])
     """
 
+    __jit_unused_properties__ = ["in_channels", "out_channels", "cg", "co", "window_of"]
+
     def __init__(
         self,
         in_channels: int,
@@ -63,6 +65,8 @@ class SCCConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, self.geometry.group_width, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self._window_of: tuple[int, ...] | None = None
+        # What forward passes to the op, as plain attributes TorchScript can read.
+        self._op_cg, self._op_co, self._op_window_of = self.geometry.cg, self.geometry.co, None
         self.register_buffer(
             "window_assignment", torch.empty(out_channels, dtype=torch.int32, device=device)
         )
@@ -96,6 +100,7 @@ class SCCConv2d(nn.Module):
         """Set the output-to-window assignment (validated; ``None`` restores the default)."""
         wo = self.geometry.check_window_of(window_of)
         self._window_of = None if wo == self.geometry.default_window_of else wo
+        self._op_window_of = None if self._window_of is None else list(self._window_of)
         with torch.no_grad():
             self.window_assignment.copy_(torch.tensor(wo, dtype=torch.int32))
 
@@ -111,8 +116,7 @@ class SCCConv2d(nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         if self.stride > 1:
             input = input[:, :, :: self.stride, :: self.stride]
-        wo = None if self._window_of is None else list(self._window_of)
-        return scc_conv2d_op(input, self.weight, self.bias, self.geometry.cg, self.geometry.co, wo)
+        return scc_conv2d_op(input, self.weight, self.bias, self._op_cg, self._op_co, self._op_window_of)
 
     def extra_repr(self) -> str:
         g = self.geometry

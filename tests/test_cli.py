@@ -174,3 +174,15 @@ def test_finetune_digits_end_to_end(files, tmp_path):
     assert code == 0, err
     assert json.loads(stdout)["steps"] == 2 and ft.exists()
     assert zipfile.is_zipfile(ft)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_export_command(files, tmp_path, fmt):
+    pytest.importorskip("onnxruntime")
+    small = tmp_path / "small.pt"
+    assert run(files / "full.pt", "--trust-pickle", "-o", small, "--input-shape", SHAPE, "--quiet")[0] == 0
+    out = tmp_path / f"small.{fmt}"
+    code, stdout, err = run("export", small, "--trust-pickle", "--format", fmt, "-o", out, "--input-shape", SHAPE)
+    assert code == 0 and out.exists() and f"wrote {out}" in stdout, err
+    code, _, err = run("export", small, "--trust-pickle", "--format", fmt, "-o", out, "--input-shape", SHAPE)
+    assert code == 1 and "--force" in one_error_line(err)
