@@ -119,7 +119,8 @@ def _convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-channels", type=int, default=16, help="skip layers with fewer input channels (default 16)")
     p.add_argument("--on-indivisible", choices=("skip", "nearest"), default="skip",
                    help="when cg does not divide a layer's input channels (default skip)")
-    p.add_argument("--init", choices=INITS, default="slice", help="weight transfer (default slice; lsq needs --calib)")
+    p.add_argument("--init", choices=INITS, default=None,
+                   help="weight transfer (default: lsq with --calib, else slice; lsq needs --calib)")
     p.add_argument("--calib", help="calibration inputs: an image folder or a saved tensor [N,C,H,W] (.pt)")
     p.add_argument("--calib-limit", type=int, default=64, help="at most this many calibration images (default 64)")
     p.add_argument("--mean", type=_floats, default=(0.485, 0.456, 0.406), help="per-channel mean for --calib images")

@@ -157,12 +157,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, overw
         write(tmp)
         with open(tmp, "rb+") as f:  # on disk before it takes the final name
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

@@ -389,3 +389,11 @@ def test_state_dict_of_converted_model_round_trips_through_bytes():
     target, _ = convert(dw_pw_net(), cg=4, co=0.5)
     target.load_state_dict(torch.load(buf))
     assert target.pw.window_of == small.pw.window_of
+
+
+def test_default_init_is_lsq_with_calibration_data():
+    model = randomize_bn(dw_pw_net()).eval()
+    _, report = convert(model, cg=4, co=0.5, calib_data=torch.randn(8, 3, 8, 8), progress=False)
+    assert report.init == "lsq"
+    _, report = convert(model, cg=4, co=0.5)
+    assert report.init == "slice"

@@ -9,7 +9,8 @@
 """
 
 from .api import INITS, convert
+from .calibrate import recalibrate_batchnorm
 from .policy import PATTERNS
 from .report import ConversionReport, LayerRecord
 
-__all__ = ["convert", "ConversionReport", "LayerRecord", "PATTERNS", "INITS"]
+__all__ = ["convert", "recalibrate_batchnorm", "ConversionReport", "LayerRecord", "PATTERNS", "INITS"]

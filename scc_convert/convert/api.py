@@ -38,7 +38,7 @@ def convert(
     on_indivisible: str = "skip",
     skip_first: bool = False,
     skip_last: bool = False,
-    init: str = "slice",
+    init: str | None = None,
     calib_data: Tensor | Iterable | None = None,
     recalibrate_bn: bool = False,
     example_inputs: Tensor | tuple | None = None,
@@ -63,6 +63,8 @@ def convert(
         init: weight transfer — ``"slice"`` (each output keeps its weights on its window),
             ``"energy"`` (output-to-window assignment keeping the most squared weight),
             ``"lsq"`` (least-squares reconstruction on ``calib_data``), ``"random"``.
+            Default: ``"lsq"`` when ``calib_data`` is given, else ``"slice"`` (slicing a trained
+            model's weights without calibration loses most of its accuracy until fine-tuned).
         calib_data: input batches (a tensor, or an iterable of tensors / ``(input, label)``
             pairs; labels are ignored) for ``init="lsq"`` and ``recalibrate_bn``.
         recalibrate_bn: re-estimate BatchNorm running statistics on ``calib_data`` afterwards.
@@ -87,6 +89,8 @@ def convert(
         cg, co, patterns=patterns, include=include, exclude=exclude, min_channels=min_channels,
         overrides=overrides, on_indivisible=on_indivisible, skip_first=skip_first, skip_last=skip_last,
     )
+    if init is None:
+        init = "lsq" if calib_data is not None else "slice"
     if init not in INITS:
         raise ValueError(f"init={init!r}; choose from {list(INITS)}")
     if init == "lsq" and calib_data is None:
