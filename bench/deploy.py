@@ -34,17 +34,12 @@ from _common import machine, time_interleaved, write_json  # noqa: E402
 
 import scc_convert  # noqa: E402
 from scc_convert import SCCConv2d  # noqa: E402
+from scc_convert.convert import recalibrate_batchnorm  # noqa: E402
 from scc_convert.export import export_onnx  # noqa: E402
 
 
 def _recalibrate_batchnorm(model: nn.Module, images: torch.Tensor) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration batch
-    model.train()
-    with torch.no_grad():
-        model(images)
+    recalibrate_batchnorm(model, images)
     return model.eval()
 
 
