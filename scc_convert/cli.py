@@ -308,6 +308,7 @@ def _demo_parser() -> argparse.ArgumentParser:
     p.add_argument("--cg", type=int, default=4)
     p.add_argument("--co", type=float, default=0.5)
     p.add_argument("--repeats", type=int, default=20, help="timed runs per model (default 20)")
+    p.add_argument("--layers", action="store_true", help="also print the profile's per-layer rows")
     _add_common(p)
     return p
 
@@ -481,7 +482,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _say(args, f"demo: {note}, input {shape}\n")
     _say(args, report)
     _say(args, "")
-    _say(args, profile(model, small, input_shape=shape, repeats=args.repeats))
+    result = profile(model, small, input_shape=shape, repeats=args.repeats)
+    _say(args, result if args.layers else result.summary())
     return 0
 
 

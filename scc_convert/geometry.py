@@ -64,7 +64,7 @@ def check_cg_co(cg: int, co: float, layer: str | None = None) -> None:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: plans are cached, and hot
 class ExecPlan:
     """How the PyTorch path lays an SCC out as batched matrix multiplies.
 

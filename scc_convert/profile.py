@@ -640,11 +640,15 @@ class ProfileReport:
                  "modules with parameters or MACs):")
         return title + "\n" + tabulate(rows, headers=headers, disable_numparse=True)
 
-    def __str__(self) -> str:
-        parts = [self._header(), "", self._totals_table(), "", self._layers_table()]
+    def summary(self) -> str:
+        """The header and the totals table (``str(report)`` adds the per-layer rows)."""
+        parts = [self._header(), "", self._totals_table()]
         if self.warnings:
             parts += [""] + [f"WARNING: {w}" for w in self.warnings]
         return "\n".join(parts)
+
+    def __str__(self) -> str:
+        return self.summary() + "\n\n" + self._layers_table()
 
     def plot(self, path: str | os.PathLike) -> None:
         """Write a PNG bar chart: per-layer MACs and per-batch latency, before vs after.

@@ -48,8 +48,9 @@ def _grads(fn, x, weight, bias, gy):
 @pytest.mark.parametrize("cin,cout,cg,co,case", GEOMETRIES, ids=[g[-1] for g in GEOMETRIES])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_forward_backward_match_reference_fp64(cin, cout, cg, co, case, layout, stride):
-    x, weight, bias = _inputs(3, cin, cout, cin // cg, h=7, w=5)
+@pytest.mark.parametrize("n", [1, 3])
+def test_forward_backward_match_reference_fp64(cin, cout, cg, co, case, layout, stride, n):
+    x, weight, bias = _inputs(n, cin, cout, cin // cg, h=7, w=5)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     y_ref = scc_reference(x, weight, bias, cg=cg, co=co, stride=stride)

@@ -65,7 +65,7 @@ def geometry_for(input: Tensor, weight: Tensor, cg: int, co: float) -> SCCGeomet
 
 def plan_for(geom: SCCGeometry, window_of: Sequence[int] | None, order: str = "auto") -> ExecPlan:
     """The (cached) execution plan; validates ``window_of``."""
-    return _plan(geom, None if window_of is None else tuple(int(w) for w in window_of), order)
+    return _plan(geom, None if window_of is None else tuple(window_of), order)
 
 
 def output_memory_format(input: Tensor) -> torch.memory_format:
@@ -141,7 +141,9 @@ def scc_forward(
     n, cin, h, w = input.shape
     out = _empty_like_layout(input, (n, geom.out_channels, h, w))
     channels_last = output_memory_format(input) == torch.channels_last
-    loop = geom.cyclic_distance <= _WINDOW_LOOP_MAX_BATCHES
+    x3 = input.flatten(2)
+    single = n == 1 and not channels_last and x3.stride(2) == 1 and x3.stride(1) == h * w
+    loop = not single and geom.cyclic_distance <= _WINDOW_LOOP_MAX_BATCHES
     plan = plan_for(geom, window_of, "window" if loop else "auto")
     if out.numel() == 0:
         return out
@@ -151,14 +153,41 @@ def scc_forward(
     if loop and channels_last:
         _write_rows(_forward_pixel_loop(input, wb, bb, plan), out, plan, idx)
         return out
-    if loop:
-        y = _forward_sample_loop(input.flatten(2), wb, bb, plan)
+    if single:
+        y = _forward_single_image(x3[0], wb, bb, plan).view(plan.batches, plan.slots, 1, h * w)
+    elif loop:
+        y = _forward_sample_loop(x3, wb, bb, plan)
     else:
         v = _windows(input, plan)
         y = torch.bmm(wb, v) if bb is None else torch.baddbmm(bb, wb, v)
         y = y.view(plan.batches, plan.slots, n, h * w)
     _write_output(y, out, plan, idx)
     return out
+
+
+def _forward_single_image(x2: Tensor, wb: Tensor, bb: Tensor | None, plan: ExecPlan) -> Tensor:
+    """``[B, M, P]`` for one NCHW image ``x2 = [Cin, P]``, which is already channel-major.
+
+    The windows that do not wrap are one overlapping strided view of the input itself (one
+    bmm); the ones that do read a small copy of the last channels followed by the first.
+    """
+    cin, p = x2.shape
+    gw, step = plan.group_width, plan.step
+    y = x2.new_empty((plan.batches, plan.slots, p))
+    inside = sum(1 for start in plan.starts if start + gw <= cin)
+    parts = [(0, inside, x2, 0)]
+    if inside < plan.batches:
+        first = plan.starts[inside]
+        parts.append((inside, plan.batches, torch.cat([x2[first:], x2[: plan.ext_channels - cin]]), first))
+    for lo, hi, src, offset in parts:
+        if lo == hi:
+            continue
+        view = src.as_strided((hi - lo, gw, p), (step * p, p, 1), src.storage_offset() + (plan.starts[lo] - offset) * p)
+        if bb is None:
+            torch.bmm(wb[lo:hi], view, out=y[lo:hi])
+        else:
+            torch.baddbmm(bb[lo:hi], wb[lo:hi], view, out=y[lo:hi])
+    return y
 
 
 def _forward_sample_loop(x3: Tensor, wb: Tensor, bb: Tensor | None, plan: ExecPlan) -> Tensor:
