@@ -151,6 +151,7 @@ def test_lsq_reconstructs_better_than_slice():
     s_slice, _ = convert(model, cg=4, co=0.5, min_channels=1)
     s_lsq, report = convert(model, cg=4, co=0.5, min_channels=1, init="lsq", calib_data=[calib[:24], calib[24:]], progress=False)
     assert all(r.calib_error is not None and 0 <= r.calib_error < 1 for r in report.converted)
+    assert model.pw.bias is None and s_lsq.pw.bias is not None  # lsq fits an intercept
     assert rel_err(s_lsq) < 0.7 * rel_err(s_slice)
     assert not s_lsq.training and model.training is False
 

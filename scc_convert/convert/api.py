@@ -62,8 +62,8 @@ def convert(
         skip_first, skip_last: leave the first / last enabled candidate in network order alone.
         init: weight transfer — ``"slice"`` (each output keeps its weights on its window),
             ``"energy"`` (output-to-window assignment keeping the most squared weight),
-            ``"lsq"`` (least-squares reconstruction on ``calib_data``), ``"random"``.
-            Default: ``"lsq"`` when ``calib_data`` is given, else ``"slice"`` (slicing a trained
+            ``"lsq"`` (least-squares reconstruction on ``calib_data``; the new layers get a
+            fitted bias even where the original had none), ``"random"``. Default: ``"lsq"`` when ``calib_data`` is given, else ``"slice"`` (slicing a trained
             model's weights without calibration loses most of its accuracy until fine-tuned).
         calib_data: input batches (a tensor, or an iterable of tensors / ``(input, label)``
             pairs; labels are ignored) for ``init="lsq"`` and ``recalibrate_bn``.
@@ -145,7 +145,7 @@ def _dense(conv: nn.Conv2d) -> Tensor:
 
 def _make_scc(conv: nn.Conv2d, geom: SCCGeometry, window_of, weight: Tensor, bias: Tensor | None) -> SCCConv2d:
     new = SCCConv2d(geom.in_channels, geom.out_channels, geom.cg, geom.co, stride=conv.stride[0],
-                    bias=conv.bias is not None, window_of=window_of,
+                    bias=conv.bias is not None or bias is not None, window_of=window_of,
                     device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
         new.weight.copy_(weight)
@@ -158,7 +158,7 @@ def _make_dwscc(conv: nn.Conv2d, geom: SCCGeometry, depthwise: Tensor | None, wi
                 weight: Tensor | None, bias: Tensor | None) -> DWSCCConv2d:
     new = DWSCCConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, geom.cg, geom.co,
                       stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                      bias=conv.bias is not None, padding_mode=conv.padding_mode, window_of=window_of,
+                      bias=conv.bias is not None or bias is not None, padding_mode=conv.padding_mode, window_of=window_of,
                       device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
         if depthwise is not None:
@@ -215,7 +215,7 @@ def _convert_lsq(target, todo, geoms, records, calib_data, device, dtype, progre
     placeholders = {}
     for c in todo:
         geom, conv = geoms[c.name], c.module
-        intercept = conv.bias is not None
+        intercept = True  # a fitted bias absorbs the mean shift the narrower windows leave
         if c.pattern == "std":
             depthwise, _ = factorise_standard(conv.weight, geom)
             dw = _make_dwscc(conv, geom, depthwise, None, None, None).depthwise

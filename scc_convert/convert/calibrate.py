@@ -7,8 +7,8 @@ Two forward passes over the calibration batch, whatever the number of layers:
 2. the model being converted, in which every layer to convert is a :class:`_Fitting`
    placeholder. When the forward reaches it, its input already comes from the layers
    converted before it; it fits its SCC against the targets (:func:`solve_windows`:
-   ridge least squares in fp64, one Gram matrix per window, assignment by residual), becomes
-   that SCC, and passes the SCC's output on.
+   ridge least squares with an intercept in fp64, one Gram matrix per window, assignment by
+   residual), becomes that SCC, and passes the SCC's output on.
 
 The calibration data is run as one batch (it is concatenated), so keep it to the few dozen
 images the method needs.
