@@ -2,7 +2,11 @@
 
 SCC as batched matrix multiplies, no loop over channels (layouts: ``SCCGeometry.plan``).
 
-Forward with at most ``_WINDOW_LOOP_MAX_BATCHES`` windows: one product per window that reads
+Forward of one NCHW image: the image is already channel-major, so the windows are one
+overlapping strided view of it and one ``bmm`` does all of them (the wrapping ones read a
+small copy), then one permuting copy into the output.
+
+Forward of several images with at most ``_WINDOW_LOOP_MAX_BATCHES`` windows: one product per window that reads
 the input in place — a ``bmm`` over the samples for NCHW, an ``mm`` on the ``[N*H*W, Cin]``
 pixel matrix for channels_last (a wrapping window is two products) — then one permuting
 copy into the output. With more windows:
