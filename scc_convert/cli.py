@@ -217,10 +217,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
     source = Path(args.model)
     out = Path(args.output) if args.output else source.with_name(source.stem + "_ft.pt")
-    if out.exists() and not args.force:
-        raise CLIError(f"{out} exists; use --force to overwrite it", 1)
-    if out.resolve() == source.resolve():
-        raise CLIError(f"-o {out} is the input file; choose another output", 2)
+    _check_output(out, source, args.force)
     args.dtype = "float32"
     args.device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     student_args = argparse.Namespace(**{**vars(args), "arch": None})
@@ -281,10 +278,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx, export_program
 
     out = Path(args.output)
-    if out.exists() and not args.force:
-        raise CLIError(f"{out} exists; use --force to overwrite it", 1)
-    if out.resolve() == Path(args.model).resolve():
-        raise CLIError(f"-o {out} is the input file; choose another output", 2)
+    _check_output(out, args.model, args.force)
     model = _load(args.model, args)
     try:
         if args.format == "onnx":
@@ -372,6 +366,14 @@ def _calibration(args: argparse.Namespace) -> torch.Tensor:
     return x.to(device=args.device, dtype=DTYPES[args.dtype])
 
 
+def _check_output(out: Path, source: str | Path, force: bool) -> None:
+    """Refuse to overwrite the input, or an existing file without --force (before any work)."""
+    if out.resolve() == Path(source).resolve():
+        raise CLIError(f"-o {out} is the input file; choose another output", 2)
+    if out.exists() and not force:
+        raise CLIError(f"{out} exists; use --force to overwrite it", 1)
+
+
 def _write_json(path: Path, payload: dict, force: bool) -> None:
     from .io import atomic_write
 
@@ -396,11 +398,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else source.with_name(source.stem + "_scc.pt")
     report_path = out.with_suffix(".json")
     if not args.dry_run:
-        if out.resolve() == source.resolve():
-            raise CLIError(f"-o {out} is the input file; choose another output", 2)
         for p in (out, report_path):
-            if p.exists() and not args.force:
-                raise CLIError(f"{p} exists; use --force to overwrite it", 1)
+            _check_output(p, source, args.force)
     model = _load(args.model, args)
     calib = _calibration(args) if args.calib else None
     try:
