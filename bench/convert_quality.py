@@ -153,11 +153,7 @@ def tables(payload: dict) -> str:
 def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     data = dc.load_digits(args.image_size)
-    torch.manual_seed(0)
-    original = dc.digits_mobilenet(width=args.width)
-    baseline = dc.train_baseline(original, data, epochs=args.epochs, seed=0)
-    original.eval()
-    base_counts = dc.count(original, original, data.input_shape)
+    original, baseline = dc.trained_original(data, width=args.width, epochs=args.epochs)
     print(f"original: val accuracy {100 * baseline['val_accuracy']:.2f}% ({baseline['seconds']:.0f} s training)", flush=True)
     results, counts = [], {}
     for cg in args.cg:
@@ -195,7 +191,7 @@ def run(args: argparse.Namespace) -> dict:
                    "calibration_images": args.calib, "calibration_sweep": args.calib_sweep,
                    "calibration_draws": args.seeds, "baseline_epochs": args.epochs,
                    "train_images": len(data.train), "val_images": len(data.val), "split_seed": data.split_seed},
-        "original": {**baseline, **{k: base_counts[k] for k in ("macs", "params")}},
+        "original": baseline,
         "counts": counts,
         "results": results,
         "calibration_sweep": sweep,

@@ -139,13 +139,9 @@ def study(args: argparse.Namespace) -> dict:
     """Run everything; return the JSON payload."""
     started = time.perf_counter()
     data = dc.load_digits(args.image_size)
-    torch.manual_seed(0)
-    original = dc.digits_mobilenet(width=args.width)
-    baseline = dc.train_baseline(original, data, epochs=args.baseline_epochs, seed=0)
-    original.eval()
-    base_counts = dc.count(original, original, data.input_shape)
+    original, baseline = dc.trained_original(data, width=args.width, epochs=args.baseline_epochs)
     print(f"original: val accuracy {100 * baseline['val_accuracy']:.2f}% after {args.baseline_epochs} epochs "
-          f"({baseline['seconds']:.0f} s); {base_counts['macs'] / 1e6:.2f}M MACs, {base_counts['params'] / 1e3:.1f}k params",
+          f"({baseline['seconds']:.0f} s); {baseline['macs'] / 1e6:.2f}M MACs, {baseline['params'] / 1e3:.1f}k params",
           flush=True)
     rows = []
     for variant in _variants(args.cg, args.co):
@@ -171,7 +167,7 @@ def study(args: argparse.Namespace) -> dict:
                          "lr": args.lr, "schedule": "cosine", "batch_size": 64, "kd_alpha": args.kd_alpha,
                          "kd_temperature": 4.0, "seeds": list(range(args.seeds))},
         },
-        "original": {**baseline, "macs": base_counts["macs"], "params": base_counts["params"]},
+        "original": baseline,
         "variants": rows,
         "seconds": time.perf_counter() - started,
     }

@@ -54,6 +54,7 @@ from scc_convert import SCCConv2d
 from scc_convert.convert import recalibrate_batchnorm
 from scc_convert.data import digits_tensors
 from scc_convert.io import atomic_write
+from scc_convert.models import dw_pw_block
 
 __all__ = [
     "BLOCKS", "FAMILIES", "DigitsData", "digits_mobilenet", "load_digits", "train_loader",
@@ -76,17 +77,6 @@ FAMILIES: dict[str, str] = {
 """Replacement families: key -> label used in tables and plots."""
 
 
-def _dw_pw(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(OrderedDict(
-        dw=nn.Conv2d(cin, cin, 3, stride=stride, padding=1, groups=cin, bias=False),
-        bn1=nn.BatchNorm2d(cin),
-        relu1=nn.ReLU(inplace=True),
-        pw=nn.Conv2d(cin, cout, 1, bias=False),
-        bn2=nn.BatchNorm2d(cout),
-        relu2=nn.ReLU(inplace=True),
-    ))
-
-
 def digits_mobilenet(width: float = 1.0, in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
     """The DW+PW CNN described in the module docstring (3.99M MACs and 136k parameters at
     ``width=1`` on a ``1x1x16x16`` input; MACs as :func:`scc_convert.profile` counts them).
@@ -106,7 +96,7 @@ def digits_mobilenet(width: float = 1.0, in_channels: int = 1, num_classes: int 
         relu=nn.ReLU(inplace=True),
     ))
     for cout, stride in BLOCKS:
-        blocks.append(_dw_pw(cin, scaled(cout), stride))
+        blocks.append(dw_pw_block(cin, scaled(cout), stride, dw_bias=False))
         cin = scaled(cout)
     return nn.Sequential(OrderedDict(
         stem=stem,
@@ -189,6 +179,17 @@ def train_baseline(model: nn.Module, data: DigitsData, *, epochs: int, lr: float
         "history": [{"epoch": e.epoch, "train_loss": e.train_loss, "val_accuracy": e.val_accuracy} for e in result.history],
         "seconds": time.perf_counter() - started,
     }
+
+
+def trained_original(data: DigitsData, *, width: float, epochs: int) -> tuple[nn.Module, dict]:
+    """The DW+PW CNN trained from scratch (seed 0) in eval mode, and its record: the
+    :func:`train_baseline` history plus ``macs`` and ``params`` for one image."""
+    torch.manual_seed(0)
+    model = digits_mobilenet(width=width)
+    record = train_baseline(model, data, epochs=epochs, seed=0)
+    model.eval()
+    counts = count(model, model, data.input_shape)
+    return model, {**record, "macs": counts["macs"], "params": counts["params"]}
 
 
 # -- the equal-cost replacements -------------------------------------------------------------

@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-__all__ = ["cifar_mobilenet", "BLOCKS"]
+__all__ = ["cifar_mobilenet", "dw_pw_block", "BLOCKS"]
 
 # (output channels, stride of the depthwise conv) of the 13 DW+PW blocks.
 BLOCKS: tuple[tuple[int, int], ...] = (
@@ -23,9 +23,11 @@ BLOCKS: tuple[tuple[int, int], ...] = (
 )
 
 
-def _dw_pw(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+def dw_pw_block(in_channels: int, out_channels: int, stride: int, dw_bias: bool = True) -> nn.Sequential:
+    """3x3 depthwise conv + BN + ReLU + 1x1 conv (no bias) + BN + ReLU, named
+    ``dw, bn1, relu1, pw, bn2, relu2``; the stride sits on the depthwise conv."""
     return nn.Sequential(OrderedDict(
-        dw=nn.Conv2d(in_channels, in_channels, 3, stride=stride, padding=1, groups=in_channels, bias=True),
+        dw=nn.Conv2d(in_channels, in_channels, 3, stride=stride, padding=1, groups=in_channels, bias=dw_bias),
         bn1=nn.BatchNorm2d(in_channels),
         relu1=nn.ReLU(inplace=True),
         pw=nn.Conv2d(in_channels, out_channels, 1, bias=False),
@@ -46,7 +48,7 @@ def cifar_mobilenet(num_classes: int = 10) -> nn.Module:
     blocks = []
     cin = 32
     for cout, stride in BLOCKS:
-        blocks.append(_dw_pw(cin, cout, stride))
+        blocks.append(dw_pw_block(cin, cout, stride))
         cin = cout
     return nn.Sequential(OrderedDict(
         stem=nn.Sequential(OrderedDict(
