@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from .ops import scc_conv2d_op
+from .ops import scc_conv2d_call
 
 __all__ = ["scc_conv2d"]
 
@@ -59,4 +59,4 @@ def scc_conv2d(
     if stride > 1:
         input = input[:, :, ::stride, ::stride]
     wo = None if window_of is None else [int(w) for w in window_of]
-    return scc_conv2d_op(input, weight, bias, cg, float(co), wo)
+    return scc_conv2d_call(input, weight, bias, cg, float(co), wo)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .functional import check_stride
 from .geometry import SCCGeometry
-from .ops import scc_conv2d_op
+from .ops import scc_conv2d_call, scc_conv2d_op
 
 __all__ = ["SCCConv2d", "DWSCCConv2d"]
 
@@ -116,7 +116,9 @@ class SCCConv2d(nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         if self.stride > 1:
             input = input[:, :, :: self.stride, :: self.stride]
-        return scc_conv2d_op(input, self.weight, self.bias, self._op_cg, self._op_co, self._op_window_of)
+        if torch.jit.is_scripting():
+            return scc_conv2d_op(input, self.weight, self.bias, self._op_cg, self._op_co, self._op_window_of)
+        return scc_conv2d_call(input, self.weight, self.bias, self._op_cg, self._op_co, self._op_window_of)
 
     def extra_repr(self) -> str:
         g = self.geometry

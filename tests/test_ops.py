@@ -279,3 +279,92 @@ def test_autocast_runs_in_the_autocast_dtype(dtype):
     with torch.autocast("cpu", dtype=dtype):  # the op itself, called directly
         z = torch.ops.scc.scc_conv2d(x[:, :2].repeat(1, 8, 1, 1), model[1].weight, None, 4, 0.5, None)
     assert z.dtype == dtype
+
+
+# -- eager calls: the kernel directly when nothing needs to see the op ----------------------
+
+
+@pytest.fixture
+def op_calls(monkeypatch):
+    """Counts calls that went through ``torch.ops.scc.scc_conv2d`` (not the direct kernel call)."""
+    from scc_convert.ops import library
+
+    calls = []
+    real = library.scc_conv2d_op
+
+    def counting(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(library, "scc_conv2d_op", counting)
+    return calls
+
+
+@pytest.mark.parametrize("cin,cout,cg,co,case", GEOMETRIES, ids=[g[-1] for g in GEOMETRIES])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("n", [1, 3])
+def test_direct_eager_call_matches_reference(cin, cout, cg, co, case, layout, n, op_calls):
+    x, weight, bias = _inputs(n, cin, cout, cin // cg, h=7, w=5)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    cd = len(algorithm1(cin, cout, cg, co))
+    window_of = [o % cd for o in range(cout)][::-1]
+    for wo, b in ((None, None), (None, bias), (window_of, bias)):
+        with torch.inference_mode():
+            y = scc_conv2d(x, weight, b, cg=cg, co=co, window_of=wo)
+        torch.testing.assert_close(y, scc_reference(x, weight, b, cg=cg, co=co, window_of=wo), atol=1e-10, rtol=0)
+    assert op_calls == []  # all three ran the kernel directly
+
+
+def test_direct_call_only_without_grad(op_calls):
+    from scc_convert import SCCConv2d
+
+    layer = SCCConv2d(8, 8, 2, 0.5).double()
+    x = torch.randn(1, 8, 3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        y = layer(x)
+    assert op_calls == [] and not y.requires_grad
+    y = layer(x)  # the weight needs a gradient: through the op and its autograd
+    assert len(op_calls) == 1 and y.requires_grad
+    y.sum().backward()
+    assert layer.weight.grad is not None
+
+
+def test_op_is_called_whenever_something_watches(op_calls):
+    from scc_convert import SCCConv2d
+
+    layer = SCCConv2d(16, 16, 4, 0.5).eval()
+    x = torch.randn(1, 16, 4, 4)
+
+    def goes_through_op(run):
+        before = len(op_calls)
+        run()
+        return len(op_calls) > before
+
+    def flops():
+        with FlopCounterMode(display=False) as counter:
+            layer(x)
+        assert counter.get_total_flops() == 2 * (1 * 4 * 4) * 16 * 4  # 2 * N*H*W * Cout * gw
+
+    def autocast():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert layer(x).dtype == torch.bfloat16
+
+    def profiler():
+        with torch.profiler.profile() as prof:
+            layer(x)
+        assert any(e.name == "scc::scc_conv2d" for e in prof.events())
+
+    def trace():
+        assert "scc::scc_conv2d" in str(torch.jit.trace(layer, x).graph)
+
+    def meta():
+        with torch.device("meta"):  # a torch-function mode, and meta tensors
+            assert SCCConv2d(16, 16, 4, 0.5)(torch.empty(2, 16, 4, 4)).shape == (2, 16, 4, 4)
+
+    with torch.inference_mode():
+        assert not goes_through_op(lambda: layer(x))
+        for run in (flops, autocast, profiler, meta):
+            assert goes_through_op(run), run.__name__
+    with torch.no_grad():
+        assert goes_through_op(trace)

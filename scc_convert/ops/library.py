@@ -20,7 +20,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import torch_path
 
-__all__ = ["scc_conv2d_op", "scc_conv2d_backward_op"]
+__all__ = ["scc_conv2d_op", "scc_conv2d_backward_op", "scc_conv2d_call"]
 
 _NS = "scc"
 _FWD_SCHEMA = "(Tensor input, Tensor weight, Tensor? bias, int cg, float co, int[]? window_of) -> Tensor"
@@ -172,3 +172,49 @@ if not _already_registered():
 
 scc_conv2d_op = torch.ops.scc.scc_conv2d
 scc_conv2d_backward_op = torch.ops.scc.scc_conv2d_backward
+
+
+def _plain(t: torch.Tensor | None) -> bool:
+    return t is None or (type(t) in (torch.Tensor, torch.nn.Parameter) and not t.requires_grad)
+
+
+def _direct_ok(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """True when calling the CPU kernel directly is indistinguishable from calling the op.
+
+    That holds for plain CPU tensors that need no gradient (or with grad mode off), with no
+    dispatch or torch-function mode (FlopCounterMode, fake tensors, export, FX), functorch
+    transform, tracer, compiler, autocast or profiler watching: all of those rely on
+    seeing ``scc::scc_conv2d`` itself.
+    """
+    if torch.compiler.is_compiling():  # first: Dynamo folds it, and must not trace the rest
+        return False
+    if type(input) is not torch.Tensor or input.device.type != "cpu":
+        return False
+    if torch.is_grad_enabled() and not (_plain(input) and _plain(weight) and _plain(bias)):
+        return False
+    if bias is not None and type(bias) not in (torch.Tensor, torch.nn.Parameter):
+        return False
+    if type(weight) not in (torch.Tensor, torch.nn.Parameter):
+        return False
+    return not (
+        torch._C._len_torch_dispatch_stack()
+        or torch._C._is_torch_function_mode_enabled()
+        or torch._C._are_functorch_transforms_active()
+        or torch.jit.is_tracing()
+        or torch.is_autocast_enabled("cpu")
+        or torch._C._autograd._profiler_enabled()
+    )
+
+
+@torch.jit.unused  # TorchScript calls scc_conv2d_op (see SCCConv2d.forward)
+def scc_conv2d_call(input, weight, bias, cg: int, co: float, window_of):
+    """Run ``torch.ops.scc.scc_conv2d`` from Python (what the layer and the functional call).
+
+    In eager CPU inference this calls the op's CPU kernel directly: the same function, minus
+    the dispatcher and ``torch.library``'s Python wrapping, which cost more than the kernel
+    itself at batch 1 (bench/cpu_scc.py --batch-one). Whenever anything may need to see the
+    op (see :func:`_direct_ok`), it goes through ``torch.ops.scc.scc_conv2d``.
+    """
+    if _direct_ok(input, weight, bias):
+        return _forward_impl(input, weight, bias, cg, co, window_of)
+    return scc_conv2d_op(input, weight, bias, cg, co, window_of)

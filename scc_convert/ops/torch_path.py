@@ -3,8 +3,8 @@
 SCC as batched matrix multiplies, no loop over channels (layouts: ``SCCGeometry.plan``).
 
 Forward of one NCHW image: the image is already channel-major, so the windows are one
-overlapping strided view of it and one ``bmm`` does all of them (the wrapping ones read a
-small copy), then one permuting copy into the output.
+overlapping strided view of it (or of a copy with the wrapped channels appended) and one
+``bmm`` does all of them, then one permuting copy into the output.
 
 Forward of several images with at most ``_WINDOW_LOOP_MAX_BATCHES`` windows: one product per window that reads
 the input in place — a ``bmm`` over the samples for NCHW, an ``mm`` on the ``[N*H*W, Cin]``
@@ -143,11 +143,11 @@ def scc_forward(
     """SCC forward on an ``[N, Cin, H, W]`` input; returns ``[N, Cout, H, W]`` (same layout)."""
     geom = geometry_for(input, weight, cg, co)
     n, cin, h, w = input.shape
+    if n == 1 and input.is_contiguous() and input.numel() > 0:
+        return _forward_single_image(input, weight, bias, geom, plan_for(geom, window_of))
     out = _empty_like_layout(input, (n, geom.out_channels, h, w))
     channels_last = output_memory_format(input) == torch.channels_last
-    x3 = input.flatten(2)
-    single = n == 1 and not channels_last and x3.stride(2) == 1 and x3.stride(1) == h * w
-    loop = not single and geom.cyclic_distance <= _WINDOW_LOOP_MAX_BATCHES
+    loop = geom.cyclic_distance <= _WINDOW_LOOP_MAX_BATCHES
     plan = plan_for(geom, window_of, "window" if loop else "auto")
     if out.numel() == 0:
         return out
@@ -157,10 +157,8 @@ def scc_forward(
     if loop and channels_last:
         _write_rows(_forward_pixel_loop(input, wb, bb, plan), out, plan, idx)
         return out
-    if single:
-        y = _forward_single_image(x3[0], wb, bb, plan).view(plan.batches, plan.slots, 1, h * w)
-    elif loop:
-        y = _forward_sample_loop(x3, wb, bb, plan)
+    if loop:
+        y = _forward_sample_loop(input.flatten(2), wb, bb, plan)
     else:
         v = _windows(input, plan)
         y = torch.bmm(wb, v) if bb is None else torch.baddbmm(bb, wb, v)
@@ -169,29 +167,31 @@ def scc_forward(
     return out
 
 
-def _forward_single_image(x2: Tensor, wb: Tensor, bb: Tensor | None, plan: ExecPlan) -> Tensor:
-    """``[B, M, P]`` for one NCHW image ``x2 = [Cin, P]``, which is already channel-major.
+def _forward_single_image(
+    input: Tensor, weight: Tensor, bias: Tensor | None, geom: SCCGeometry, plan: ExecPlan
+) -> Tensor:
+    """Forward of one contiguous NCHW image, in as few tensor ops as possible (batch-1
+    inference is dominated by per-op cost).
 
-    The windows that do not wrap are one overlapping strided view of the input itself (one
-    bmm); the ones that do read a small copy of the last channels followed by the first.
+    The image ``[Cin, H*W]`` is already channel-major: the windows are one overlapping
+    strided view of it, or of a copy with the wrapped channels appended when a window wraps;
+    one ``bmm``; one copy puts the rows in output order.
     """
-    cin, p = x2.shape
-    gw, step = plan.group_width, plan.step
-    y = x2.new_empty((plan.batches, plan.slots, p))
-    inside = sum(1 for start in plan.starts if start + gw <= cin)
-    parts = [(0, inside, x2, 0)]
-    if inside < plan.batches:
-        first = plan.starts[inside]
-        parts.append((inside, plan.batches, torch.cat([x2[first:], x2[: plan.ext_channels - cin]]), first))
-    for lo, hi, src, offset in parts:
-        if lo == hi:
-            continue
-        view = src.as_strided((hi - lo, gw, p), (step * p, p, 1), src.storage_offset() + (plan.starts[lo] - offset) * p)
-        if bb is None:
-            torch.bmm(wb[lo:hi], view, out=y[lo:hi])
-        else:
-            torch.baddbmm(bb[lo:hi], wb[lo:hi], view, out=y[lo:hi])
-    return y
+    _, cin, h, w = input.shape
+    p = h * w
+    x2 = input.view(cin, p)
+    if plan.ext_channels > cin:
+        x2 = torch.cat((x2, x2[: plan.ext_channels - cin]))
+    b, m, gw = plan.batches, plan.slots, plan.group_width
+    view = x2.as_strided((b, gw, p), (plan.step * p, p, 1))
+    if plan.regular:  # output o = slot * B + batch: a transposing copy
+        wb = weight.view(m, b, gw).transpose(0, 1)
+        y = torch.bmm(wb, view) if bias is None else torch.baddbmm(bias.view(m, b, 1).transpose(0, 1), wb, view)
+        return y.transpose(0, 1).reshape(1, geom.out_channels, h, w)
+    idx = _plan_index(plan, cin, input.device)
+    wb = _to_batches(weight, plan, idx)
+    y = torch.bmm(wb, view) if bias is None else torch.baddbmm(_to_batches(bias[:, None], plan, idx), wb, view)
+    return y.view(b * m, p).index_select(0, idx.position).view(1, geom.out_channels, h, w)
 
 
 def _forward_sample_loop(x3: Tensor, wb: Tensor, bb: Tensor | None, plan: ExecPlan) -> Tensor:
