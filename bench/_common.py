@@ -34,8 +34,13 @@ def machine() -> dict:
     }
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, dict]:
-    """Median and interquartile range (ms) of each function, run round-robin so drift cancels."""
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3, keep_samples: bool = False
+) -> dict[str, dict]:
+    """Median and interquartile range (ms) of each function, run round-robin so drift cancels.
+
+    ``keep_samples`` adds every timing (``samples_ms``, in round order) for paired ratios.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -49,7 +54,20 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup:
     for name, s in samples.items():
         q = statistics.quantiles(s, n=4)
         out[name] = {"median_ms": statistics.median(s), "q1_ms": q[0], "q3_ms": q[2], "runs": len(s)}
+        if keep_samples:
+            out[name]["samples_ms"] = s
     return out
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> dict[str, float]:
+    """Median and quartiles of the per-round ratios of two interleaved timing series.
+
+    Each ratio compares two runs made back to back, so slow drift of a shared machine cancels
+    out of it; the quartiles say how much the comparison itself varies.
+    """
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    q = statistics.quantiles(ratios, n=4)
+    return {"median": statistics.median(ratios), "q1": q[0], "q3": q[2]}
 
 
 def write_json(name: str, payload: dict) -> Path:
