@@ -3,7 +3,10 @@
 Target (issue 2): SCC within 1.2x of ``nn.Conv2d(C, C, 1, groups=cg)`` and below the dense
 1x1 conv on the four shapes below. Prints a table and writes ``results/cpu_scc.json``.
 
-    python bench/cpu_scc.py [--repeats 50] [--threads N]
+    python bench/cpu_scc.py [--repeats 50] [--threads N] [--channels-last] [--train]
+
+``--train`` times a training step instead (forward + backward for input and weight gradients,
+``results/cpu_scc_train.json``); the targets are for the forward only.
 """
 
 from __future__ import annotations
@@ -32,29 +35,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--channels-last", action="store_true", help="run all three in channels_last")
+    parser.add_argument("--train", action="store_true", help="time forward + backward (input and weight grads)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     info = machine()
     info["layout"] = "channels_last" if args.channels_last else "NCHW"
-    print(f"# {info['cpu']} | {info['threads']} threads | torch {info['torch']} | {info['layout']} | fp32 | median of {args.repeats}")
+    info["pass"] = "forward + backward" if args.train else "forward"
+    print(f"# {info['cpu']} | {info['threads']} threads | torch {info['torch']} | {info['layout']} | fp32 | "
+          f"{info['pass']} | median of {args.repeats}")
     rows, records = [], []
     torch.manual_seed(0)
-    with torch.inference_mode():
+    with torch.inference_mode(mode=not args.train):
         for n, c, hw, cg, co in SHAPES:
-            x = torch.randn(n, c, hw, hw).contiguous(memory_format=fmt)
+            x = torch.randn(n, c, hw, hw).contiguous(memory_format=fmt).requires_grad_(args.train)
             scc = SCCConv2d(c, c, cg, co).to(memory_format=fmt)
             grouped = torch.nn.Conv2d(c, c, 1, groups=cg, bias=False).to(memory_format=fmt)
             dense = torch.nn.Conv2d(c, c, 1, bias=False).to(memory_format=fmt)
-            t = time_interleaved({"scc": lambda: scc(x), "grouped": lambda: grouped(x), "dense": lambda: dense(x)}, args.repeats)
+            grad = torch.randn(n, c, hw, hw).contiguous(memory_format=fmt)
+
+            def run(layer):
+                if not args.train:
+                    return lambda: layer(x)
+                return lambda: torch.autograd.grad(layer(x), (x, layer.weight), grad)
+
+            t = time_interleaved({"scc": run(scc), "grouped": run(grouped), "dense": run(dense)}, args.repeats)
             s, g, d = (t[k]["median_ms"] for k in ("scc", "grouped", "dense"))
             shape = f"N={n} C={c} {hw}x{hw} cg={cg} co={co}"
             rows.append([shape, f"{s:.2f}", f"{g:.2f}", f"{d:.2f}", f"{s / g:.2f}x", f"{s / d:.2f}x",
                          "yes" if s <= 1.2 * g and s < d else "no"])
             records.append({"shape": {"N": n, "C": c, "H": hw, "W": hw, "cg": cg, "co": co}, "timings": t})
-    print(tabulate(rows, headers=["shape", "SCC ms", "grouped ms", "dense ms", "SCC/grouped", "SCC/dense", "target met"]))
-    name = "cpu_scc_channels_last.json" if args.channels_last else "cpu_scc.json"
+    verdict = "<= 1.2x grouped and < dense" if args.train else "target met"  # the targets are the forward's
+    print(tabulate(rows, headers=["shape", "SCC ms", "grouped ms", "dense ms", "SCC/grouped", "SCC/dense", verdict]))
+    name = "cpu_scc" + ("_channels_last" if args.channels_last else "") + ("_train" if args.train else "") + ".json"
     path = write_json(name, {"machine": info, "repeats": args.repeats, "results": records})
     print(f"raw results: {path}")
     return 0

@@ -212,7 +212,7 @@ def scc_conv2d_call(input, weight, bias, cg: int, co: float, window_of):
 
     In eager CPU inference this calls the op's CPU kernel directly: the same function, minus
     the dispatcher and ``torch.library``'s Python wrapping, which cost more than the kernel
-    itself at batch 1 (bench/cpu_scc.py --batch-one). Whenever anything may need to see the
+    itself at batch 1 (bench/eager_models.py). Whenever anything may need to see the
     op (see :func:`_direct_ok`), it goes through ``torch.ops.scc.scc_conv2d``.
     """
     if _direct_ok(input, weight, bias):

@@ -17,9 +17,14 @@ copy into the output. With more windows:
 3. one ``bmm`` with the weight laid out as ``[B, M, gw]`` (bias fused through ``baddbmm``);
 4. one permuting copy into the output, in the input's memory format.
 
-Backward uses the channel-major view: ``grad_weight = bmm(grad_y, view^T)``, and the
-transposed product is added back onto the overlapping input channels with ``index_add_``
-(a fixed order, so the result is deterministic).
+Backward (NCHW fp32/fp64, windows made of whole ``gcd(Cin, s)``-channel blocks, every slot
+filled — the usual case): ``grad_output`` is copied once into batch order; per image, one
+``bmm`` whose rows gather the ``q`` windows that overlap each input block writes the input
+gradient in place, and one ``bmm`` against the overlapping window view accumulates the weight
+gradient (:func:`_backward_per_image`). Otherwise it uses the channel-major view:
+``grad_weight = bmm(grad_y, view^T)``, and the transposed product is added back onto the
+overlapping input channels with ``index_add_``. Both run in a fixed order, so the result is
+deterministic.
 """
 
 from __future__ import annotations
@@ -99,6 +104,26 @@ def _plan_index(plan: ExecPlan, cin: int, device: torch.device) -> _PlanIndex:
 
     cols = cyclic_columns(plan.starts, plan.group_width, cin, device)
     return _PlanIndex(long(plan.position), long(plan.batch_of), long(plan.slot_of), cols.reshape(-1))
+
+
+class _BlockIndex(NamedTuple):
+    source: Tensor  # [B*M] output channel of each row of the batched result
+    window: Tensor  # [B, q] batch whose block feeds input block j, in ``_backward_per_image``
+    block: Tensor  # [B, q] which of that batch's q weight blocks it is
+
+
+@lru_cache(maxsize=512)
+def _block_index(plan: ExecPlan, device: torch.device) -> _BlockIndex:
+    b, q = plan.batches, plan.group_width // plan.step
+    source = [0] * (b * plan.slots)
+    for o, row in enumerate(plan.position):
+        source[row] = o
+    j, i = torch.arange(b)[:, None], torch.arange(q)[None, :]
+    return _BlockIndex(
+        torch.tensor(source, dtype=torch.long, device=device),
+        ((j - q + 1 + i) % b).to(device),
+        (q - 1 - i).expand(b, q).to(device),
+    )
 
 
 def _channel_major(x: Tensor, length: int) -> Tensor:
@@ -276,13 +301,21 @@ def scc_backward(
     A gradient that is not asked for comes back as an empty tensor.
     """
     geom = geometry_for(input, weight, cg, co)
-    plan = plan_for(geom, window_of)
     n, cin, h, w = input.shape
     p = h * w
     none = input.new_empty(0)
     if grad_output.numel() == 0:
         grad_input = _empty_like_layout(input, tuple(input.shape)).zero_() if input_grad else none
         return grad_input, (torch.zeros_like(weight) if weight_grad else none)
+    blocks = plan_for(geom, window_of, "chunk")
+    if (
+        output_memory_format(input) == torch.contiguous_format
+        and input.dtype in (torch.float32, torch.float64)
+        and blocks.group_width % blocks.step == 0
+        and blocks.batches * blocks.slots == geom.out_channels
+    ):
+        return _backward_per_image(grad_output, input, weight, blocks, input_grad, weight_grad)
+    plan = plan_for(geom, window_of)
     grad_input, grad_weight = none, none
     idx = _plan_index(plan, cin, input.device)
     gy = _to_batches(grad_output.flatten(2).transpose(0, 1), plan, idx)  # [B, M, N, P]
@@ -296,3 +329,63 @@ def scc_backward(
         grad_input = _empty_like_layout(input, (n, cin, h, w))
         grad_input.flatten(2).copy_(gx.view(cin, n, p).transpose(0, 1))
     return grad_input, grad_weight
+
+
+def _backward_per_image(
+    grad_output: Tensor, input: Tensor, weight: Tensor, plan: ExecPlan, input_grad: bool, weight_grad: bool
+) -> tuple[Tensor, Tensor]:
+    """Backward for NCHW fp32/fp64 with a chunk-ordered plan (``starts[b] = b * step``) whose
+    windows are whole blocks of ``g = step`` channels (``gw = q * g``) and fill every slot.
+
+    Input block ``j`` is read by the ``q`` batches ``j-q+1 .. j`` (cyclic), each with one
+    ``g``-column block of its weight. With ``grad_output`` copied once into batch order, those
+    batches' rows are adjacent, so per image one ``bmm`` with ``K = q*M`` writes the input
+    gradient straight into place (no overlapping adds); the weight gradient accumulates one
+    ``bmm`` per image against the overlapping window view of the input. Per image, so the
+    temporaries stay the size of the tensors themselves; the sample order fixes the result.
+    """
+    n, cin, h, w = input.shape
+    p = h * w
+    b, m, gw, g = plan.batches, plan.slots, plan.group_width, plan.step
+    q = gw // g
+    bi = _block_index(plan, input.device)
+    # grad_output rows in batch order, the last q-1 batches repeated in front:
+    # ext[:, i] is batch (i - q + 1) mod B.
+    ext = grad_output.new_empty((n, b + q - 1, m, p))
+    gyb = ext[:, q - 1 :]
+    if plan.regular:
+        gyb.copy_(grad_output.reshape(n, m, b, p).transpose(1, 2))
+    else:
+        gyb.copy_(grad_output.reshape(n, b * m, p).index_select(1, bi.source).view(n, b, m, p))
+    none = input.new_empty(0)
+    grad_input, grad_weight = none, none
+    wb = weight.index_select(0, bi.source).view(b, m, gw)
+    if input_grad:
+        if q > 1:
+            ext[:, : q - 1].copy_(ext[:, b:])
+        # row block i of wcat[j] is block (q-1-i) of batch (j-q+1+i)'s weight, transposed
+        wcat = wb.view(b, m, q, g)[bi.window, :, bi.block].permute(0, 3, 1, 2).reshape(b, g, q * m)
+        grad_input = input.new_empty((n, cin, h, w))
+        gx = grad_input.view(n, b, g, p)
+        for image in range(n):
+            e = ext[image]
+            rows = e.as_strided((b, q * m, p), (m * p, p, 1), e.storage_offset())
+            torch.bmm(wcat, rows, out=gx[image])
+    if weight_grad:
+        length = cin + gw - g  # channels the overlapping window view reads
+        xe = input.new_empty((n, length, p))
+        xe[:, :cin].view(n, cin, h, w).copy_(input)
+        if length > cin:
+            xe[:, cin:].copy_(xe[:, : length - cin])
+        acc = weight.new_zeros((b, m, gw))
+        for image in range(n):
+            e = xe[image]
+            windows = e.as_strided((b, gw, p), (g * p, p, 1), e.storage_offset())
+            acc.baddbmm_(gyb[image], windows.transpose(1, 2))
+        grad_weight = acc.view(b * m, gw).index_select(0, _plan_position(plan, input.device))
+    return grad_input, grad_weight
+
+
+@lru_cache(maxsize=512)
+def _plan_position(plan: ExecPlan, device: torch.device) -> Tensor:
+    return torch.tensor(plan.position, dtype=torch.long, device=device)
