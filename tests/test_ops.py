@@ -368,3 +368,28 @@ def test_op_is_called_whenever_something_watches(op_calls):
             assert goes_through_op(run), run.__name__
     with torch.no_grad():
         assert goes_through_op(trace)
+
+
+@pytest.mark.parametrize(
+    "cin,cout,cg,co,per_image",
+    [
+        (16, 16, 4, 0.5, True),  # windows are whole 2-channel blocks, every slot filled
+        (96, 96, 2, 0.25, True),  # chunk-ordered, outputs not in slot order
+        (16, 12, 4, 0.5, False),  # Cout not a multiple of cd: empty slots
+        (10, 7, 1, 0.3, False),  # 7 outputs over 10 one-channel chunk starts: empty slots
+        (6, 6, 2, 0.34, False),  # gw = 3, s = 2, blocks of gcd(6, 2) = 2 do not tile a window
+    ],
+)
+def test_both_backward_paths_match_reference(cin, cout, cg, co, per_image, monkeypatch):
+    from scc_convert.ops import torch_path
+
+    calls = []
+    real = torch_path._backward_per_image
+    monkeypatch.setattr(torch_path, "_backward_per_image", lambda *a: calls.append(1) or real(*a))
+    x, weight, bias = _inputs(2, cin, cout, cin // cg, h=3, w=4)
+    gy = torch.randn(2, cout, 3, 4, dtype=torch.float64)
+    _, ours = _grads(lambda a, b, c: scc_conv2d(a, b, c, cg=cg, co=co), x, weight, bias, gy)
+    _, ref = _grads(lambda a, b, c: scc_reference(a, b, c, cg=cg, co=co), x, weight, bias, gy)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    assert bool(calls) == per_image

@@ -382,10 +382,5 @@ def _backward_per_image(
             e = xe[image]
             windows = e.as_strided((b, gw, p), (g * p, p, 1), e.storage_offset())
             acc.baddbmm_(gyb[image], windows.transpose(1, 2))
-        grad_weight = acc.view(b * m, gw).index_select(0, _plan_position(plan, input.device))
+        grad_weight = acc.view(b * m, gw).index_select(0, _plan_index(plan, cin, input.device).position)
     return grad_input, grad_weight
-
-
-@lru_cache(maxsize=512)
-def _plan_position(plan: ExecPlan, device: torch.device) -> Tensor:
-    return torch.tensor(plan.position, dtype=torch.long, device=device)
