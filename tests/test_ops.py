@@ -12,6 +12,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from reference import algorithm1, scc_reference
 from scc_convert.functional import scc_conv2d
 from scc_convert.geometry import valid_cgs
+from scc_convert.ops import torch_path
+
+FORWARDS = ["windows", "masked_dense"]
+
+
+forward_impl = torch_path.forced_forward  # the forward's two implementations, forced
 
 # (cin, cout, cg, co, what the case covers)
 GEOMETRIES = [
@@ -49,7 +55,8 @@ def _grads(fn, x, weight, bias, gy):
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("n", [1, 3])
-def test_forward_backward_match_reference_fp64(cin, cout, cg, co, case, layout, stride, n):
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_forward_backward_match_reference_fp64(cin, cout, cg, co, case, layout, stride, n, forward):
     x, weight, bias = _inputs(n, cin, cout, cin // cg, h=7, w=5)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -62,7 +69,8 @@ def test_forward_backward_match_reference_fp64(cin, cout, cg, co, case, layout, 
     def ref(x_, w_, b_):
         return scc_reference(x_, w_, b_, cg=cg, co=co, stride=stride)
 
-    y, (gx, gw, gb) = _grads(ours, x, weight, bias, gy)
+    with forward_impl(forward):
+        y, (gx, gw, gb) = _grads(ours, x, weight, bias, gy)
     y_r, (gx_r, gw_r, gb_r) = _grads(ref, x, weight, bias, gy)
     torch.testing.assert_close(y, y_r, atol=1e-10, rtol=0)
     torch.testing.assert_close(gx, gx_r, atol=1e-10, rtol=0)
@@ -109,11 +117,13 @@ def test_random_geometries_match_reference(cin, cout, cg_index, co, n, hw, seed)
     window_of = [window_of[p] for p in perm]
     y_ref = scc_reference(x, weight, bias, cg=cg, co=co, window_of=window_of)
     gy = torch.randn(y_ref.shape, generator=gen, dtype=torch.float64)
-    y, ours = _grads(lambda a, b, c: scc_conv2d(a, b, c, cg=cg, co=co, window_of=window_of), x, weight, bias, gy)
     _, ref = _grads(lambda a, b, c: scc_reference(a, b, c, cg=cg, co=co, window_of=window_of), x, weight, bias, gy)
-    torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=0)
-    for a, b in zip(ours, ref):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    for forward in FORWARDS:
+        with forward_impl(forward):
+            y, ours = _grads(lambda a, b, c: scc_conv2d(a, b, c, cg=cg, co=co, window_of=window_of), x, weight, bias, gy)
+        torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=0)
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
 def test_co_zero_is_grouped_conv_up_to_output_order():
@@ -137,13 +147,15 @@ def test_cg_one_is_dense_conv_with_rotated_rows():
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2), (torch.float16, 3e-3)])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_low_precision_dtypes(dtype, tol, layout):
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_low_precision_dtypes(dtype, tol, layout, forward):
     x, weight, bias = _inputs(4, 64, 48, 16, h=6, w=6)
     ref = scc_reference(x, weight, bias, cg=4, co=0.5)
     xl = x.to(dtype)
     if layout == "channels_last":
         xl = xl.contiguous(memory_format=torch.channels_last)
-    y = scc_conv2d(xl, weight.to(dtype), bias.to(dtype), cg=4, co=0.5)
+    with forward_impl(forward):
+        y = scc_conv2d(xl, weight.to(dtype), bias.to(dtype), cg=4, co=0.5)
     assert y.dtype == dtype
     scale = ref.abs().max()
     assert ((y.double() - ref).abs().max() / scale).item() < tol
@@ -303,14 +315,15 @@ def op_calls(monkeypatch):
 @pytest.mark.parametrize("cin,cout,cg,co,case", GEOMETRIES, ids=[g[-1] for g in GEOMETRIES])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("n", [1, 3])
-def test_direct_eager_call_matches_reference(cin, cout, cg, co, case, layout, n, op_calls):
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_direct_eager_call_matches_reference(cin, cout, cg, co, case, layout, n, forward, op_calls):
     x, weight, bias = _inputs(n, cin, cout, cin // cg, h=7, w=5)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     cd = len(algorithm1(cin, cout, cg, co))
     window_of = [o % cd for o in range(cout)][::-1]
     for wo, b in ((None, None), (None, bias), (window_of, bias)):
-        with torch.inference_mode():
+        with torch.inference_mode(), forward_impl(forward):
             y = scc_conv2d(x, weight, b, cg=cg, co=co, window_of=wo)
         torch.testing.assert_close(y, scc_reference(x, weight, b, cg=cg, co=co, window_of=wo), atol=1e-10, rtol=0)
     assert op_calls == []  # all three ran the kernel directly
@@ -393,3 +406,39 @@ def test_both_backward_paths_match_reference(cin, cout, cg, co, per_image, monke
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
     assert bool(calls) == per_image
+
+
+def test_forward_implementation_follows_window_size(monkeypatch):
+    from scc_convert.geometry import SCCGeometry
+
+    calls = []
+    real = torch_path._forward_masked_dense
+    monkeypatch.setattr(torch_path, "_forward_masked_dense", lambda *a: calls.append(a[3]) or real(*a))
+    small, large = SCCGeometry(64, 64, 4, 0.5), SCCGeometry(512, 512, 4, 0.5)  # gw*M = 128 / 4096
+    assert torch_path.uses_masked_dense(small) and not torch_path.uses_masked_dense(large)
+    with torch.inference_mode():
+        for geom in (small, large):
+            x = torch.randn(2, geom.in_channels, 3, 3)
+            w = torch.randn(geom.out_channels, geom.group_width)
+            torch.testing.assert_close(
+                scc_conv2d(x, w, cg=4, co=0.5), scc_reference(x.double(), w.double(), None, cg=4, co=0.5).float(),
+                atol=1e-4, rtol=1e-4,
+            )
+    assert calls == [small]
+
+
+@pytest.mark.parametrize("cin,cout,cg,co,case", GEOMETRIES, ids=[g[-1] for g in GEOMETRIES])
+@pytest.mark.parametrize("forward", FORWARDS)
+@pytest.mark.parametrize("n", [1, 2])
+def test_output_is_not_a_view_and_can_be_modified_in_place(cin, cout, cg, co, case, forward, n):
+    # autograd forbids in-place changes to a custom op's output that is a view (e.g. ReLU(inplace))
+    x, weight, bias = _inputs(n, cin, cout, cin // cg, h=3, w=3)
+    for b in (None, bias):
+        w = weight.clone().requires_grad_()
+        with forward_impl(forward):
+            y = scc_conv2d(x, w, b, cg=cg, co=co)
+            assert y._base is None
+            torch.relu_(y).sum().backward()
+        expected = torch.relu(scc_reference(x, weight, b, cg=cg, co=co))
+        torch.testing.assert_close(y.detach(), expected, atol=1e-10, rtol=0)
+        assert w.grad is not None

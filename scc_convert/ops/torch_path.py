@@ -2,6 +2,12 @@
 
 SCC as batched matrix multiplies, no loop over channels (layouts: ``SCCGeometry.plan``).
 
+Forward with small windows (``gw * M <= _MASKED_DENSE_MAX_WINDOW_MACS``, ``M`` outputs per
+window): one GEMM with the weight scattered onto a zero ``[Cout, Cin]`` matrix. It does
+``cg`` times the MACs, but per-window products that small run so far below the GEMM's speed
+that the one large product wins, and its result is already in output order. Otherwise one
+product per window, as follows.
+
 Forward of one NCHW image: the image is already channel-major, so the windows are one
 overlapping strided view of it (or of a copy with the wrapped channels appended) and one
 ``bmm`` does all of them, then one permuting copy into the output.
@@ -29,7 +35,8 @@ deterministic.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -38,11 +45,27 @@ from torch import Tensor
 
 from ..geometry import ExecPlan, SCCGeometry, cyclic_columns
 
-__all__ = ["scc_forward", "scc_backward", "geometry_for", "output_memory_format"]
+__all__ = [
+    "scc_forward",
+    "scc_backward",
+    "geometry_for",
+    "output_memory_format",
+    "uses_masked_dense",
+    "forced_forward",
+]
 
 # With at most this many windows the forward runs one product per window straight from the
 # input (bench/cpu_scc.py: saves the channel-major copy); with more, the per-call cost wins.
 _WINDOW_LOOP_MAX_BATCHES = 32
+
+# Forward through one GEMM with the SCC weight scattered onto a dense [Cout, Cin] matrix when
+# each window's product (gw inputs x M outputs) is at most this big: such small products run
+# far below the GEMM's speed, so doing cg times the MACs in one large product is faster
+# (bench/cpu_scc.py times both; README "SCC layer speed on CPU"). Measured on the 2-core
+# Xeon (AVX-512) with MKL, NCHW and channels_last alike: masked dense is 1.5-4x faster up to
+# gw*M = 768 (e.g. 128->128 cg=4: gw*M = 512; 24->144: 108) and 1.2-2.7x slower from
+# gw*M = 1024 up (256->256 cg=4: 2048; 960->160: 4800).
+_MASKED_DENSE_MAX_WINDOW_MACS = 768
 
 
 @lru_cache(maxsize=512)
@@ -168,6 +191,8 @@ def scc_forward(
     """SCC forward on an ``[N, Cin, H, W]`` input; returns ``[N, Cout, H, W]`` (same layout)."""
     geom = geometry_for(input, weight, cg, co)
     n, cin, h, w = input.shape
+    if uses_masked_dense(geom) and input.numel() > 0:
+        return _forward_masked_dense(input, weight, bias, geom, window_of)
     if n == 1 and input.is_contiguous() and input.numel() > 0:
         return _forward_single_image(input, weight, bias, geom, plan_for(geom, window_of))
     out = _empty_like_layout(input, (n, geom.out_channels, h, w))
@@ -192,6 +217,63 @@ def scc_forward(
     return out
 
 
+@contextmanager
+def forced_forward(kind: str) -> Iterator[None]:
+    """Run the forward as ``"windows"`` (one product per window) or ``"masked_dense"`` (one
+    GEMM on the masked dense weight) whatever the window size. For benchmarks and tests; it
+    sets a module-wide switch, so it is not thread-safe."""
+    global _MASKED_DENSE_MAX_WINDOW_MACS
+    limits = {"windows": -1, "masked_dense": 1 << 62}
+    if kind not in limits:
+        raise ValueError(f"kind must be 'windows' or 'masked_dense', got {kind!r}")
+    saved, _MASKED_DENSE_MAX_WINDOW_MACS = _MASKED_DENSE_MAX_WINDOW_MACS, limits[kind]
+    try:
+        yield
+    finally:
+        _MASKED_DENSE_MAX_WINDOW_MACS = saved
+
+
+def uses_masked_dense(geom: SCCGeometry) -> bool:
+    """Whether the forward runs as one GEMM on the masked dense weight (see
+    ``_MASKED_DENSE_MAX_WINDOW_MACS``) rather than one product per window."""
+    slots = -(-geom.out_channels // geom.cyclic_distance)
+    return geom.group_width * slots <= _MASKED_DENSE_MAX_WINDOW_MACS
+
+
+@lru_cache(maxsize=512)
+def _weight_columns(geom: SCCGeometry, window_of: tuple[int, ...] | None, device: torch.device) -> Tensor:
+    """``[Cout, gw]``: the input channel each weight entry multiplies."""
+    return torch.tensor(geom.input_channels_of(window_of), dtype=torch.long, device=device)
+
+
+def _forward_masked_dense(
+    input: Tensor, weight: Tensor, bias: Tensor | None, geom: SCCGeometry, window_of: Sequence[int] | None
+) -> Tensor:
+    """The forward as one GEMM with the weight scattered onto its windows' columns of a zero
+    ``[Cout, Cin]`` matrix: ``cg`` times the MACs, but one large product instead of many small
+    ones, and the result lands in output order (no permuting copy)."""
+    n, cin, h, w = input.shape
+    cols = _weight_columns(geom, None if window_of is None else tuple(window_of), input.device)
+    dense = weight.new_zeros((geom.out_channels, cin)).scatter_(1, cols, weight)
+    if output_memory_format(input) == torch.channels_last:  # pixels x channels, in place
+        out = _empty_like_layout(input, (n, geom.out_channels, h, w))
+        rows = n * h * w
+        x2 = input.permute(0, 2, 3, 1).reshape(rows, cin)
+        out2 = out.permute(0, 2, 3, 1).view(rows, geom.out_channels)
+        if bias is None:
+            torch.mm(x2, dense.t(), out=out2)
+        else:
+            torch.addmm(bias, x2, dense.t(), out=out2)
+        return out
+    out = _empty_like_layout(input, (n, geom.out_channels, h, w))
+    x3, out3, dense3 = input.reshape(n, cin, h * w), out.view(n, geom.out_channels, h * w), dense.expand(n, -1, -1)
+    if bias is None:
+        torch.bmm(dense3, x3, out=out3)
+    else:
+        torch.baddbmm(bias[:, None], dense3, x3, out=out3)
+    return out
+
+
 def _forward_single_image(
     input: Tensor, weight: Tensor, bias: Tensor | None, geom: SCCGeometry, plan: ExecPlan
 ) -> Tensor:
@@ -209,14 +291,17 @@ def _forward_single_image(
         x2 = torch.cat((x2, x2[: plan.ext_channels - cin]))
     b, m, gw = plan.batches, plan.slots, plan.group_width
     view = x2.as_strided((b, gw, p), (plan.step * p, p, 1))
+    out = input.new_empty((1, geom.out_channels, h, w))  # written in place: the op returns no view
     if plan.regular:  # output o = slot * B + batch: a transposing copy
         wb = weight.view(m, b, gw).transpose(0, 1)
         y = torch.bmm(wb, view) if bias is None else torch.baddbmm(bias.view(m, b, 1).transpose(0, 1), wb, view)
-        return y.transpose(0, 1).reshape(1, geom.out_channels, h, w)
+        out.view(m, b, p).copy_(y.transpose(0, 1))
+        return out
     idx = _plan_index(plan, cin, input.device)
     wb = _to_batches(weight, plan, idx)
     y = torch.bmm(wb, view) if bias is None else torch.baddbmm(_to_batches(bias[:, None], plan, idx), wb, view)
-    return y.view(b * m, p).index_select(0, idx.position).view(1, geom.out_channels, h, w)
+    torch.index_select(y.view(b * m, p), 0, idx.position, out=out.view(geom.out_channels, p))
+    return out
 
 
 def _forward_sample_loop(x3: Tensor, wb: Tensor, bb: Tensor | None, plan: ExecPlan) -> Tensor:
