@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 return forced_step
 
-            other = "windows" if uses_masked_dense(scc.geometry) else "masked_dense"
+            other = "windows" if uses_masked_dense(scc.geometry, fmt) else "masked_dense"
             t = time_interleaved(
                 {"scc": run(scc), f"scc_{other}": run(scc, other), "grouped": run(grouped), "dense": run(dense)},
                 args.repeats,

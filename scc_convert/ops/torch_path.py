@@ -2,8 +2,8 @@
 
 SCC as batched matrix multiplies, no loop over channels (layouts: ``SCCGeometry.plan``).
 
-Forward with small windows (``gw * M <= _MASKED_DENSE_MAX_WINDOW_MACS``, ``M`` outputs per
-window): one GEMM with the weight scattered onto a zero ``[Cout, Cin]`` matrix. It does
+Forward with few, narrow windows (``Cin * M`` below a bound per layout, ``M`` outputs per
+window; ``_MASKED_DENSE_MAX_WINDOW_MACS``): one GEMM with the weight scattered onto a zero ``[Cout, Cin]`` matrix. It does
 ``cg`` times the MACs, but per-window products that small run so far below the GEMM's speed
 that the one large product wins, and its result is already in output order. Otherwise one
 product per window, as follows.
@@ -59,13 +59,15 @@ __all__ = [
 _WINDOW_LOOP_MAX_BATCHES = 32
 
 # Forward through one GEMM with the SCC weight scattered onto a dense [Cout, Cin] matrix when
-# each window's product (gw inputs x M outputs) is at most this big: such small products run
-# far below the GEMM's speed, so doing cg times the MACs in one large product is faster
-# (bench/cpu_scc.py times both; README "SCC layer speed on CPU"). Measured on the 2-core
-# Xeon (AVX-512) with MKL, NCHW and channels_last alike: masked dense is 1.5-4x faster up to
-# gw*M = 768 (e.g. 128->128 cg=4: gw*M = 512; 24->144: 108) and 1.2-2.7x slower from
-# gw*M = 1024 up (256->256 cg=4: 2048; 960->160: 4800).
-_MASKED_DENSE_MAX_WINDOW_MACS = 768
+# a window's outputs are few and narrow: with M outputs per window, that GEMM spends Cin * M
+# multiply-adds per pixel on each window (cg times the SCC's gw * M), and below these bounds
+# the per-window products run so far under the GEMM's speed that it still wins. Measured on
+# the 2-core Xeon (AVX-512, MKL), ratios masked/windows. NCHW (per-round paired): 0.66-0.77
+# at Cin*M = 432 (24->144, 144->24 at 56x56); 0.98-1.00 at 1152-2048 (96->96 cg=2, 128->128
+# cg=4); 1.15-1.8 at 1024-3072 (128->128 cg=8, 64<->384). channels_last, whose per-window
+# products read strided column blocks: 0.3-0.9 up to Cin*M = 3072, 1.2-2.4 from 4096 up
+# (256->256, 512->512, 960->160). bench/cpu_scc.py times both.
+_MASKED_DENSE_MAX_WINDOW_MACS = {"nchw": 512, "channels_last": 3072}
 
 
 @lru_cache(maxsize=512)
@@ -191,7 +193,7 @@ def scc_forward(
     """SCC forward on an ``[N, Cin, H, W]`` input; returns ``[N, Cout, H, W]`` (same layout)."""
     geom = geometry_for(input, weight, cg, co)
     n, cin, h, w = input.shape
-    if uses_masked_dense(geom) and input.numel() > 0:
+    if uses_masked_dense(geom, output_memory_format(input)) and input.numel() > 0:
         return _forward_masked_dense(input, weight, bias, geom, window_of)
     if n == 1 and input.is_contiguous() and input.numel() > 0:
         return _forward_single_image(input, weight, bias, geom, plan_for(geom, window_of))
@@ -226,18 +228,20 @@ def forced_forward(kind: str) -> Iterator[None]:
     limits = {"windows": -1, "masked_dense": 1 << 62}
     if kind not in limits:
         raise ValueError(f"kind must be 'windows' or 'masked_dense', got {kind!r}")
-    saved, _MASKED_DENSE_MAX_WINDOW_MACS = _MASKED_DENSE_MAX_WINDOW_MACS, limits[kind]
+    saved = _MASKED_DENSE_MAX_WINDOW_MACS
+    _MASKED_DENSE_MAX_WINDOW_MACS = dict.fromkeys(saved, limits[kind])
     try:
         yield
     finally:
         _MASKED_DENSE_MAX_WINDOW_MACS = saved
 
 
-def uses_masked_dense(geom: SCCGeometry) -> bool:
-    """Whether the forward runs as one GEMM on the masked dense weight (see
-    ``_MASKED_DENSE_MAX_WINDOW_MACS``) rather than one product per window."""
+def uses_masked_dense(geom: SCCGeometry, memory_format: torch.memory_format = torch.contiguous_format) -> bool:
+    """Whether the forward runs as one GEMM on the masked dense weight (``Cin * M`` at most
+    ``_MASKED_DENSE_MAX_WINDOW_MACS`` for the layout) rather than one product per window."""
+    layout = "channels_last" if memory_format == torch.channels_last else "nchw"
     slots = -(-geom.out_channels // geom.cyclic_distance)
-    return geom.group_width * slots <= _MASKED_DENSE_MAX_WINDOW_MACS
+    return geom.in_channels * slots <= _MASKED_DENSE_MAX_WINDOW_MACS[layout]
 
 
 @lru_cache(maxsize=512)
@@ -255,8 +259,8 @@ def _forward_masked_dense(
     n, cin, h, w = input.shape
     cols = _weight_columns(geom, None if window_of is None else tuple(window_of), input.device)
     dense = weight.new_zeros((geom.out_channels, cin)).scatter_(1, cols, weight)
-    if output_memory_format(input) == torch.channels_last:  # pixels x channels, in place
-        out = _empty_like_layout(input, (n, geom.out_channels, h, w))
+    out = _empty_like_layout(input, (n, geom.out_channels, h, w))
+    if output_memory_format(input) == torch.channels_last:  # [pixels, Cin] @ [Cin, Cout]
         rows = n * h * w
         x2 = input.permute(0, 2, 3, 1).reshape(rows, cin)
         out2 = out.permute(0, 2, 3, 1).view(rows, geom.out_channels)
@@ -264,13 +268,12 @@ def _forward_masked_dense(
             torch.mm(x2, dense.t(), out=out2)
         else:
             torch.addmm(bias, x2, dense.t(), out=out2)
-        return out
-    out = _empty_like_layout(input, (n, geom.out_channels, h, w))
-    x3, out3, dense3 = input.reshape(n, cin, h * w), out.view(n, geom.out_channels, h * w), dense.expand(n, -1, -1)
-    if bias is None:
-        torch.bmm(dense3, x3, out=out3)
-    else:
-        torch.baddbmm(bias[:, None], dense3, x3, out=out3)
+    else:  # per image [Cout, Cin] @ [Cin, H*W]
+        x3, out3 = input.reshape(n, cin, h * w), out.view(n, geom.out_channels, h * w)
+        if bias is None:
+            torch.bmm(dense.expand(n, -1, -1), x3, out=out3)
+        else:
+            torch.baddbmm(bias[:, None], dense.expand(n, -1, -1), x3, out=out3)
     return out
 
 
