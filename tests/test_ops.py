@@ -414,7 +414,7 @@ def test_forward_implementation_follows_window_size(monkeypatch):
     calls = []
     real = torch_path._forward_masked_dense
     monkeypatch.setattr(torch_path, "_forward_masked_dense", lambda *a: calls.append(a[3]) or real(*a))
-    small, large = SCCGeometry(64, 64, 4, 0.5), SCCGeometry(512, 512, 4, 0.5)  # Cin*M = 512 / 32768
+    small, large = SCCGeometry(64, 64, 4, 0.5), SCCGeometry(512, 512, 4, 0.5)  # cg*Cin*M = 2048 / 131072
     assert torch_path.uses_masked_dense(small) and not torch_path.uses_masked_dense(large)
     with torch.inference_mode():
         for geom in (small, large):

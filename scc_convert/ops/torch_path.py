@@ -2,8 +2,8 @@
 
 SCC as batched matrix multiplies, no loop over channels (layouts: ``SCCGeometry.plan``).
 
-Forward with few, narrow windows (``Cin * M`` below a bound per layout, ``M`` outputs per
-window; ``_MASKED_DENSE_MAX_WINDOW_MACS``): one GEMM with the weight scattered onto a zero ``[Cout, Cin]`` matrix. It does
+Forward with few, narrow windows (``cg * Cin * M`` below a bound per layout, ``M`` outputs
+per window; ``_MASKED_DENSE_MAX_WINDOW_MACS``): one GEMM with the weight scattered onto a zero ``[Cout, Cin]`` matrix. It does
 ``cg`` times the MACs, but per-window products that small run so far below the GEMM's speed
 that the one large product wins, and its result is already in output order. Otherwise one
 product per window, as follows.
@@ -59,15 +59,17 @@ __all__ = [
 _WINDOW_LOOP_MAX_BATCHES = 32
 
 # Forward through one GEMM with the SCC weight scattered onto a dense [Cout, Cin] matrix when
-# a window's outputs are few and narrow: with M outputs per window, that GEMM spends Cin * M
-# multiply-adds per pixel on each window (cg times the SCC's gw * M), and below these bounds
-# the per-window products run so far under the GEMM's speed that it still wins. Measured on
-# the 2-core Xeon (AVX-512, MKL), ratios masked/windows. NCHW (per-round paired): 0.66-0.77
-# at Cin*M = 432 (24->144, 144->24 at 56x56); 0.98-1.00 at 1152-2048 (96->96 cg=2, 128->128
-# cg=4); 1.15-1.8 at 1024-3072 (128->128 cg=8, 64<->384). channels_last, whose per-window
-# products read strided column blocks: 0.3-0.9 up to Cin*M = 3072, 1.2-2.4 from 4096 up
-# (256->256, 512->512, 960->160). bench/cpu_scc.py times both.
-_MASKED_DENSE_MAX_WINDOW_MACS = {"nchw": 512, "channels_last": 3072}
+# a window's outputs are few and narrow. With M outputs per window that GEMM spends Cin * M
+# multiply-adds per pixel on each window, cg times the SCC's gw * M; the rule bounds
+# cg * Cin * M, the work of one window's product scaled by that overhead. Measured on the
+# 2-core Xeon (AVX-512, MKL) as ratios masked/windows, per-round paired over 40 rounds, on a
+# shared machine whose load moves them (ranges are over separate runs). NCHW: 0.38-0.98 at
+# 2304 (96->96 cg=2: the bench's third shape), 0.66-0.85 at 2304-3072 (144->32, 192->32 at
+# 28x28), 0.66-0.77 at 1728 (24->144, 144->24 at 56x56); 0.72-1.00 at 8192 (128->128 cg=4),
+# 1.8 at 8192 (128->128 cg=8), 1.15-1.7 at 12288 (64<->384). channels_last, whose per-window
+# products read strided column blocks: 0.3-0.9 up to 12288, 1.2-2.4 from 32768 up (256->256,
+# 512->512 cg=8, 960->160). bench/cpu_scc.py times both.
+_MASKED_DENSE_MAX_WINDOW_MACS = {"nchw": 4096, "channels_last": 16384}
 
 
 @lru_cache(maxsize=512)
@@ -237,11 +239,11 @@ def forced_forward(kind: str) -> Iterator[None]:
 
 
 def uses_masked_dense(geom: SCCGeometry, memory_format: torch.memory_format = torch.contiguous_format) -> bool:
-    """Whether the forward runs as one GEMM on the masked dense weight (``Cin * M`` at most
+    """Whether the forward runs as one GEMM on the masked dense weight (``cg * Cin * M`` at most
     ``_MASKED_DENSE_MAX_WINDOW_MACS`` for the layout) rather than one product per window."""
     layout = "channels_last" if memory_format == torch.channels_last else "nchw"
     slots = -(-geom.out_channels // geom.cyclic_distance)
-    return geom.in_channels * slots <= _MASKED_DENSE_MAX_WINDOW_MACS[layout]
+    return geom.cg * geom.in_channels * slots <= _MASKED_DENSE_MAX_WINDOW_MACS[layout]
 
 
 @lru_cache(maxsize=512)
