@@ -14,6 +14,7 @@ column); ``other ms`` times the other one, forced, for comparison.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 import torch
@@ -60,18 +61,12 @@ def main(argv: list[str] | None = None) -> int:
 
             def run(layer, forced=None):
                 def step():
-                    if not args.train:
+                    with forced_forward(forced) if forced else contextlib.nullcontext():
+                        if args.train:
+                            return torch.autograd.grad(layer(x), (x, layer.weight), grad)
                         return layer(x)
-                    return torch.autograd.grad(layer(x), (x, layer.weight), grad)
 
-                if forced is None:
-                    return step
-
-                def forced_step():
-                    with forced_forward(forced):
-                        return step()
-
-                return forced_step
+                return step
 
             other = "windows" if uses_masked_dense(scc.geometry, fmt) else "masked_dense"
             t = time_interleaved(

@@ -116,6 +116,11 @@ class ExportCheckError(RuntimeError):
 # -- the decomposition (one implementation, two graph builders) ---------------------------
 
 
+def _check_decomposition(decomposition: str) -> None:
+    if decomposition not in _DECOMPOSITIONS:
+        raise ValueError(f"decomposition={decomposition!r} is invalid; use one of {', '.join(_DECOMPOSITIONS)}")
+
+
 def choose_decomposition(geometry: SCCGeometry, decomposition: Decomposition = "auto") -> str:
     """The ONNX form of one SCC layer: ``"grouped"`` or ``"dense"`` (see the module docstring).
 
@@ -125,8 +130,7 @@ def choose_decomposition(geometry: SCCGeometry, decomposition: Decomposition = "
         >>> choose_decomposition(SCCGeometry(24, 144, cg=4, co=0.5))
         'dense'
     """
-    if decomposition not in _DECOMPOSITIONS:
-        raise ValueError(f"decomposition={decomposition!r} is invalid; use one of {', '.join(_DECOMPOSITIONS)}")
+    _check_decomposition(decomposition)
     if decomposition != "auto":
         return decomposition
     g = geometry
@@ -260,7 +264,7 @@ def onnx_translation_table(decomposition: Decomposition = "auto") -> dict[Callab
         >>> program = torch.onnx.export(layer, (torch.randn(1, 16, 4, 4),), dynamo=True,
         ...     custom_translation_table=onnx_translation_table(), verbose=False)
     """
-    choose_decomposition(SCCGeometry(1, 1, 1, 0.0), decomposition)  # validates the name
+    _check_decomposition(decomposition)
     builder = _ScriptBuilder()
 
     def scc_conv2d(input, weight, bias=None, cg=1, co=0.0, window_of=None):
@@ -288,7 +292,7 @@ def register_onnx_symbolic(decomposition: Decomposition = "auto") -> None:
         ...     "/tmp/scc_doc_ts.onnx", dynamo=False)
     """
     global _registered_decomposition
-    choose_decomposition(SCCGeometry(1, 1, 1, 0.0), decomposition)
+    _check_decomposition(decomposition)
     from torch.onnx import symbolic_helper as sh
 
     def scc_conv2d(g, input, weight, bias, cg, co, window_of):
@@ -495,7 +499,7 @@ def export_onnx(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     inputs = _as_inputs(example_input)
-    choose_decomposition(SCCGeometry(1, 1, 1, 0.0), decomposition)
+    _check_decomposition(decomposition)
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < _MIN_OPSET):
         raise ValueError(f"opset={opset!r} is not supported: the SCC decomposition needs opset >= {_MIN_OPSET}")
     if dynamo not in (True, False, None):

@@ -174,8 +174,7 @@ scc_conv2d_op = torch.ops.scc.scc_conv2d
 scc_conv2d_backward_op = torch.ops.scc.scc_conv2d_backward
 
 
-def _plain(t: torch.Tensor | None) -> bool:
-    return t is None or (type(t) in (torch.Tensor, torch.nn.Parameter) and not t.requires_grad)
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _direct_ok(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -190,11 +189,9 @@ def _direct_ok(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         return False
     if type(input) is not torch.Tensor or input.device.type != "cpu":
         return False
-    if torch.is_grad_enabled() and not (_plain(input) and _plain(weight) and _plain(bias)):
+    if type(weight) not in _PLAIN_TYPES or (bias is not None and type(bias) not in _PLAIN_TYPES):
         return False
-    if bias is not None and type(bias) not in (torch.Tensor, torch.nn.Parameter):
-        return False
-    if type(weight) not in (torch.Tensor, torch.nn.Parameter):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias)):
         return False
     return not (
         torch._C._len_torch_dispatch_stack()

@@ -195,12 +195,13 @@ def scc_forward(
     """SCC forward on an ``[N, Cin, H, W]`` input; returns ``[N, Cout, H, W]`` (same layout)."""
     geom = geometry_for(input, weight, cg, co)
     n, cin, h, w = input.shape
-    if uses_masked_dense(geom, output_memory_format(input)) and input.numel() > 0:
+    layout = output_memory_format(input)
+    if uses_masked_dense(geom, layout) and input.numel() > 0:
         return _forward_masked_dense(input, weight, bias, geom, window_of)
     if n == 1 and input.is_contiguous() and input.numel() > 0:
         return _forward_single_image(input, weight, bias, geom, plan_for(geom, window_of))
     out = _empty_like_layout(input, (n, geom.out_channels, h, w))
-    channels_last = output_memory_format(input) == torch.channels_last
+    channels_last = layout == torch.channels_last
     loop = geom.cyclic_distance <= _WINDOW_LOOP_MAX_BATCHES
     plan = plan_for(geom, window_of, "window" if loop else "auto")
     if out.numel() == 0:
