@@ -442,3 +442,16 @@ def test_output_is_not_a_view_and_can_be_modified_in_place(cin, cout, cg, co, ca
         expected = torch.relu(scc_reference(x, weight, b, cg=cg, co=co))
         torch.testing.assert_close(y.detach(), expected, atol=1e-10, rtol=0)
         assert w.grad is not None
+
+
+def test_forced_forward_rejects_unknown_kind_and_restores_the_rule():
+    geom = torch_path.geometry_for(torch.empty(1, 16, 1, 1), torch.empty(16, 4), 4, 0.5)
+    chosen = torch_path.uses_masked_dense(geom)
+    with pytest.raises(ValueError, match="kind must be"):
+        with torch_path.forced_forward("fast"):
+            pass
+    with torch_path.forced_forward("windows"):
+        assert not torch_path.uses_masked_dense(geom)
+    with torch_path.forced_forward("masked_dense"):
+        assert torch_path.uses_masked_dense(geom)
+    assert torch_path.uses_masked_dense(geom) == chosen
