@@ -1,0 +1,117 @@
+"""``scc-convert finetune CONVERTED --data DIR|digits``: recover accuracy, with distillation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from ..common import check_output, load, say
+from ..parser import CLIError, add_common, add_model_args, device, floats
+
+NAME = "finetune"
+SUMMARY = "fine-tune a converted model, with distillation from the original"
+DESCRIPTION = ("Fine-tune a converted model, with knowledge distillation from the original. "
+               "Runs unchanged under torchrun (DistributedDataParallel).")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="CONVERTED", help="the converted model (a pickled nn.Module: needs --trust-pickle)")
+    p.add_argument("--teacher", help="the original model (pickled nn.Module, or a state_dict with --arch)")
+    p.add_argument("--data", required=True,
+                   help="an ImageFolder directory (with train/ and val/ subfolders, or one folder of class "
+                        "folders), or 'digits' for scikit-learn's bundled handwritten digits")
+    p.add_argument("-o", "--output", help="where to write the fine-tuned module (default: CONVERTED_ft.pt)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, help="learning rate (default: 0.01 for sgd, 1e-3 for adamw)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    p.add_argument("--kd-alpha", type=float, help="weight of the distillation loss (default 0.5 with a teacher)")
+    p.add_argument("--kd-temperature", type=float, default=4.0)
+    p.add_argument("--feature-kd", action="store_true", help="also match every SCC layer's output to the original conv's")
+    p.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed")
+    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto")
+    p.add_argument("--image-size", type=int, default=224, help="training crop size for ImageFolder data, image size for digits")
+    p.add_argument("--mean", type=floats, default=(0.485, 0.456, 0.406))
+    p.add_argument("--std", type=floats, default=(0.229, 0.224, 0.225))
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for ImageFolder data")
+    p.add_argument("--device", type=device, default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--checkpoint-dir", help="write last.pt / best.pt here")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir/last.pt")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_model_args(p)
+    add_common(p)
+
+
+def _image_folder_loaders(args: argparse.Namespace):
+    try:
+        from torchvision import datasets
+        from torchvision import transforms as T
+    except ImportError:
+        raise CLIError("--data DIR needs torchvision (pip install torchvision)", 1) from None
+    root = Path(args.data)
+    if not root.is_dir():
+        raise CLIError(f"--data {root}: no such folder (or use --data digits)", 2)
+    normalize = T.Normalize(list(args.mean), list(args.std))
+    train_tf = T.Compose([T.RandomResizedCrop(args.image_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
+    val_tf = T.Compose([T.Resize(int(args.image_size * 8 / 7)), T.CenterCrop(args.image_size), T.ToTensor(), normalize])
+    train_dir, val_dir = root / "train", root / "val"
+    try:
+        if train_dir.is_dir():
+            train = datasets.ImageFolder(train_dir, train_tf)
+            val = datasets.ImageFolder(val_dir, val_tf) if val_dir.is_dir() else None
+        else:
+            train, val = datasets.ImageFolder(root, train_tf), None
+    except (FileNotFoundError, RuntimeError) as err:
+        raise CLIError(f"--data {root}: {err}", 1) from None
+    loader = torch.utils.data.DataLoader
+    kwargs = {"batch_size": args.batch_size, "num_workers": args.workers}
+    return loader(train, shuffle=True, drop_last=True, **kwargs), (loader(val, **kwargs) if val is not None else None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ...finetune import finetune
+    from ...io import save_model
+
+    source = Path(args.model)
+    out = Path(args.output) if args.output else source.with_name(source.stem + "_ft.pt")
+    check_output(out, source, args.force)
+    args.dtype = "float32"
+    args.device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    student_args = argparse.Namespace(**{**vars(args), "arch": None})
+    student = load(args.model, student_args).train()
+    teacher = load(args.teacher, args) if args.teacher else None
+    if args.data == "digits":
+        from ...data import digits_loaders
+
+        try:
+            train, val = digits_loaders(batch_size=args.batch_size, image_size=args.image_size)
+        except ImportError as err:
+            raise CLIError(str(err), 1) from None
+    else:
+        train, val = _image_folder_loaders(args)
+    amp = {"auto": None, "off": False, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    try:
+        result = finetune(
+            student, train, teacher=teacher, val_data=val, epochs=args.epochs, steps=args.steps, lr=args.lr,
+            optimizer=args.optimizer, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
+            feature_kd=args.feature_kd, freeze_bn=args.freeze_bn, amp=amp, device=args.device,
+            checkpoint_dir=args.checkpoint_dir, resume=args.resume, progress=not args.quiet,
+        )
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+        raise CLIError(str(err), 1) from None
+    if result.world_size > 1 and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return 0
+    save_model(result.model.cpu(), out, overwrite=args.force)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        final = result.final
+        say(args, f"fine-tuned {result.steps} steps in {result.wall_time_s:.1f} s on {result.device} (amp {result.amp}); "
+                  f"final: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if v is not None))
+        say(args, f"wrote {out}")
+    return 0
