@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-__all__ = ["SCCGeometry", "ExecPlan", "valid_cgs", "check_cg_co", "cyclic_columns"]
+__all__ = ["SCCGeometry", "ExecPlan", "SortedRows", "valid_cgs", "check_cg_co", "cyclic_columns"]
 
 
 def _where(layer: str | None) -> str:
@@ -108,6 +108,68 @@ class ExecPlan:
     def position(self) -> tuple[int, ...]:
         """Row of output ``o`` in the flattened ``[batches * slots]`` result."""
         return tuple(w * self.slots + r for w, r in zip(self.batch_of, self.slot_of))
+
+
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: cached per geometry
+class SortedRows:
+    """The output rows of an SCC sorted by window start, then by output channel: the layout of
+    the tiled GPU kernels (``scc_convert/ops/triton_kernels``).
+
+    Row ``r`` computes output channel ``out_channel[r]`` from the ``gw`` input channels that
+    start at ``window_start[r]`` (cyclic). Because starts are sorted, a tile of consecutive rows
+    reads one band of input channels: from its first row's start to its last row's start plus
+    ``gw`` (the band may wrap around the channel axis once). Conversely, the rows whose windows
+    touch a tile of consecutive input channels are one cyclic run of rows.
+    """
+
+    in_channels: int
+    group_width: int
+    out_channel: tuple[int, ...]
+    window_start: tuple[int, ...]
+
+    @property
+    def rows(self) -> int:
+        return len(self.out_channel)
+
+    @cached_property
+    def start_alignment(self) -> int:
+        """The largest power of two (at most 16) dividing every window start and ``Cin``."""
+        g = self.in_channels
+        for start in self.window_start:
+            g = math.gcd(g, start)
+        return math.gcd(g & -g, 16)
+
+    def row_tiles(self, tile: int) -> tuple[tuple[int, int], ...]:
+        """Per tile of ``tile`` consecutive rows: ``(first input channel, band width)``.
+
+        The band is the channels ``(first + k) % Cin`` for ``k < width``; row ``r`` of the tile
+        reads band positions ``window_start[r] - first + j`` for ``j < gw``.
+        """
+        out = []
+        for r0 in range(0, self.rows, tile):
+            r1 = min(r0 + tile, self.rows) - 1
+            first = self.window_start[r0]
+            out.append((first, self.window_start[r1] - first + self.group_width))
+        return tuple(out)
+
+    def channel_tiles(self, tile: int) -> tuple[tuple[int, int], ...]:
+        """Per tile of ``tile`` consecutive input channels: ``(first row, row count)``, the
+        cyclic run of rows ``(first + j) % rows`` for ``j < count`` whose windows read at least
+        one channel of the tile (count 0: no window reads the tile)."""
+        cin, gw, n = self.in_channels, self.group_width, self.rows
+        out = []
+        for c0 in range(0, cin, tile):
+            span = min(c0 + tile, cin) - c0  # channels c0 .. c0 + span - 1
+            # a window starting at st reads the tile iff (c0 - st) % cin < gw or st lands in it
+            hit = [(c0 - st) % cin < gw or (st - c0) % cin < span for st in self.window_start]
+            count = sum(hit)
+            if count in (0, n):
+                out.append((0, count))
+                continue
+            first = next(r for r in range(n) if hit[r] and not hit[r - 1])
+            assert all(hit[(first + j) % n] for j in range(count)), "rows of a tile are one run"
+            out.append((first, count))
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -294,4 +356,24 @@ class SCCGeometry:
             slots=max(filled),
             batch_of=tuple(batch_of),
             slot_of=tuple(slot_of),
+        )
+
+    def sorted_rows(self, window_of: Sequence[int] | None = None) -> SortedRows:
+        """Output rows sorted by window start, then output channel (see :class:`SortedRows`).
+
+        Example:
+            >>> t = SCCGeometry(8, 8, cg=2, co=0.5).sorted_rows()
+            >>> t.out_channel, t.window_start
+            ((0, 4, 1, 5, 2, 6, 3, 7), (0, 0, 2, 2, 4, 4, 6, 6))
+            >>> t.row_tiles(4), t.channel_tiles(4)
+            (((0, 6), (4, 6)), ((6, 6), (2, 6)))
+        """
+        wo = self.check_window_of(window_of)
+        starts = self.window_starts
+        order = sorted(range(self.out_channels), key=lambda o: (starts[wo[o]], o))
+        return SortedRows(
+            in_channels=self.in_channels,
+            group_width=self.group_width,
+            out_channel=tuple(order),
+            window_start=tuple(starts[wo[o]] for o in order),
         )

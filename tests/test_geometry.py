@@ -131,3 +131,49 @@ def test_cyclic_distance_formula():
             for co in (0.0, 0.25, 0.5, 0.75):
                 g = SCCGeometry(cin, 1000, cg, co)
                 assert g.cyclic_distance == cin // math.gcd(cin, g.window_stride)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    cin=st.integers(1, 48),
+    cout=st.integers(1, 48),
+    cg_index=st.integers(0, 10),
+    co=st.floats(0.0, 0.95, allow_nan=False),
+    tile=st.sampled_from([1, 3, 16, 64]),
+    seed=st.integers(0, 2**16),
+)
+def test_sorted_rows_tables_against_brute_force(cin, cout, cg_index, co, tile, seed):
+    """The GPU kernels' tables: rows sorted by window start; each row tile's band holds every
+    channel its rows read; each channel tile's run is exactly the rows that read it."""
+    import random
+
+    divisors = valid_cgs(cin)
+    g = SCCGeometry(cin, cout, cg=divisors[cg_index % len(divisors)], co=co)
+    window_of = list(g.default_window_of)
+    random.Random(seed).shuffle(window_of)
+    t = g.sorted_rows(window_of)
+    reads = g.input_channels_of(window_of)
+    assert sorted(t.out_channel) == list(range(cout))
+    assert list(t.window_start) == sorted(t.window_start)
+    assert all(t.window_start[r] == g.window_starts[window_of[o]] for r, o in enumerate(t.out_channel))
+    assert cin % t.start_alignment == 0 and all(s % t.start_alignment == 0 for s in t.window_start)
+    gw = g.group_width
+    for i, (first, width) in enumerate(t.row_tiles(tile)):
+        rows = range(i * tile, min((i + 1) * tile, cout))
+        band = [(first + k) % cin for k in range(width)]
+        for r in rows:
+            offset = t.window_start[r] - first
+            assert 0 <= offset and offset + gw <= width
+            assert tuple(band[offset:offset + gw]) == reads[t.out_channel[r]]
+        assert width == t.window_start[rows[-1]] - t.window_start[rows[0]] + gw
+    for i, (first, count) in enumerate(t.channel_tiles(tile)):
+        channels = set(range(i * tile, min((i + 1) * tile, cin)))
+        want = {r for r in range(cout) if channels & set(reads[t.out_channel[r]])}
+        assert {(first + j) % cout for j in range(count)} == want and count == len(want)
+
+
+def test_sorted_rows_example():
+    t = SCCGeometry(8, 8, cg=2, co=0.5).sorted_rows()
+    assert t.out_channel == (0, 4, 1, 5, 2, 6, 3, 7)
+    assert t.row_tiles(4) == ((0, 6), (4, 6))  # windows 0,1 read 0..5; windows 2,3 read 4..7,0,1
+    assert t.channel_tiles(4) == ((6, 6), (2, 6))  # channels 0..3: windows 3, 0, 1 (rows 6, 7, 0..3)

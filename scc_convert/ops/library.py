@@ -7,7 +7,9 @@ Two ops live in the ``scc`` namespace:
 * ``torch.ops.scc.scc_conv2d_backward(grad_output, input, weight, cg, co, window_of,
   input_grad, weight_grad) -> (Tensor, Tensor)`` (a gradient not asked for is empty)
 
-``input`` is ``[N, Cin, H, W]`` (NCHW or channels_last; the output keeps the layout),
+Implementations: CUDA tensors run the Triton kernels (``ops/triton_kernels``, registered with
+``register_kernel("cuda")``); other devices the PyTorch path (``ops/backends.py`` says which
+runs where). ``input`` is ``[N, Cin, H, W]`` (NCHW or channels_last; the output keeps the layout),
 ``weight`` is ``[Cout, Cin // cg]``. Spatial stride is not part of the op: callers subsample
 first. Registration happens once per process; importing this module again (a reload, or a
 second copy of the package) reuses the ops already registered.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from . import torch_path
+from . import backends, common, torch_path
 
 __all__ = ["scc_conv2d_op", "scc_conv2d_backward_op", "scc_conv2d_call"]
 
@@ -43,7 +45,7 @@ def _backward_impl(grad_output, input, weight, cg, co, window_of, input_grad, we
 
 
 def _validated(input, weight, cg, co, window_of):
-    geom = torch_path.geometry_for(input, weight, cg, co)
+    geom = common.geometry_for(input, weight, cg, co)
     torch_path.plan_for(geom, window_of)
     return geom
 
@@ -51,26 +53,12 @@ def _validated(input, weight, cg, co, window_of):
 def _forward_fake(input, weight, bias, cg, co, window_of):
     geom = _validated(input, weight, cg, co, window_of)
     n, _, h, w = input.shape
-    return torch.empty(
-        (n, geom.out_channels, h, w),
-        dtype=input.dtype,
-        device=input.device,
-        memory_format=torch_path.output_memory_format(input),
-    )
+    return common.empty_output(input, (n, geom.out_channels, h, w))
 
 
 def _backward_fake(grad_output, input, weight, cg, co, window_of, input_grad, weight_grad):
     _validated(input, weight, cg, co, window_of)
-    grad_input = (
-        torch.empty(
-            input.shape,
-            dtype=input.dtype,
-            device=input.device,
-            memory_format=torch_path.output_memory_format(input),
-        )
-        if input_grad
-        else input.new_empty(0)
-    )
+    grad_input = common.empty_output(input, tuple(input.shape)) if input_grad else input.new_empty(0)
     grad_weight = torch.empty_like(weight) if weight_grad else input.new_empty(0)
     return grad_input, grad_weight
 
@@ -159,6 +147,8 @@ def _register() -> None:
     bwd = torch.library.custom_op(
         f"{_NS}::scc_conv2d_backward", _backward_impl, mutates_args=(), schema=_BWD_SCHEMA
     )
+    fwd.register_kernel("cuda", backends.cuda_forward)
+    bwd.register_kernel("cuda", backends.cuda_backward)
     fwd.register_fake(_forward_fake)
     bwd.register_fake(_backward_fake)
     fwd.register_autograd(_autograd_backward, setup_context=_setup_context)
@@ -172,6 +162,14 @@ if not _already_registered():
 
 scc_conv2d_op = torch.ops.scc.scc_conv2d
 scc_conv2d_backward_op = torch.ops.scc.scc_conv2d_backward
+
+
+def op_definitions():
+    """The ``torch.library`` definitions of ``(scc_conv2d, scc_conv2d_backward)``, e.g. to
+    ``register_kernel`` another device or ``set_kernel_enabled`` one."""
+    from torch._library.custom_ops import OPDEFS
+
+    return OPDEFS[f"{_NS}::scc_conv2d"], OPDEFS[f"{_NS}::scc_conv2d_backward"]
 
 
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)

@@ -44,6 +44,8 @@ import torch
 from torch import Tensor
 
 from ..geometry import ExecPlan, SCCGeometry, cyclic_columns
+from .common import empty_output as _empty_like_layout
+from .common import geometry_for, output_memory_format
 
 __all__ = [
     "scc_forward",
@@ -73,48 +75,13 @@ _MASKED_DENSE_MAX_WINDOW_MACS = {"nchw": 4096, "channels_last": 16384}
 
 
 @lru_cache(maxsize=512)
-def _geometry(cin: int, cout: int, cg: int, co: float) -> SCCGeometry:
-    return SCCGeometry(cin, cout, cg, co)
-
-
-@lru_cache(maxsize=512)
 def _plan(geom: SCCGeometry, window_of: tuple[int, ...] | None, order: str) -> ExecPlan:
     return geom.plan(window_of, order=order)
-
-
-def geometry_for(input: Tensor, weight: Tensor, cg: int, co: float) -> SCCGeometry:
-    """Validate the op's arguments against each other and return the geometry."""
-    if input.dim() != 4:
-        raise ValueError(f"SCC: input must be 4-D [N, C, H, W], got shape {tuple(input.shape)}")
-    if weight.dim() != 2:
-        raise ValueError(
-            f"SCC: weight must be 2-D [out_channels, in_channels // cg], got shape {tuple(weight.shape)}"
-        )
-    geom = _geometry(int(input.shape[1]), int(weight.shape[0]), cg, co)
-    if weight.shape[1] != geom.group_width:
-        raise ValueError(
-            f"SCC: weight has {weight.shape[1]} columns but in_channels={geom.in_channels} with "
-            f"cg={cg} needs gw = in_channels // cg = {geom.group_width}"
-        )
-    return geom
 
 
 def plan_for(geom: SCCGeometry, window_of: Sequence[int] | None, order: str = "auto") -> ExecPlan:
     """The (cached) execution plan; validates ``window_of``."""
     return _plan(geom, None if window_of is None else tuple(window_of), order)
-
-
-def output_memory_format(input: Tensor) -> torch.memory_format:
-    """The output keeps the input's layout: channels innermost in, channels_last out."""
-    if input.shape[1] > 1 and input.stride(1) == 1 and not input.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _empty_like_layout(input: Tensor, shape: tuple[int, ...]) -> Tensor:
-    return torch.empty(
-        shape, dtype=input.dtype, device=input.device, memory_format=output_memory_format(input)
-    )
 
 
 class _PlanIndex(NamedTuple):

@@ -24,6 +24,7 @@ MODULES = (
     "finetune",
     "export",
     "demo",
+    "info",
 )
 
 
