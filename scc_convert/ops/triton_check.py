@@ -73,11 +73,11 @@ PROBLEMS = (Problem("nchw"), Problem("nhwc"), Problem("strided"))
 
 
 def _nvidia_tool(name: str) -> str:
-    from triton import knobs
+    """The CUDA tool Triton ships (``triton/backends/nvidia/bin``), else the one on PATH."""
+    import triton
 
-    tool = getattr(knobs.nvidia, name, None)
-    path = getattr(tool, "path", None)
-    return path if path else name
+    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+    return bundled if os.access(bundled, os.X_OK) else name
 
 
 def compile_launch(launch, arch: int):
@@ -250,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import triton
 
-    if triton.knobs.runtime.interpret:
+    from .triton_kernels import launch
+
+    if launch.interpreting():
         print("triton_check: unset TRITON_INTERPRET (the interpreter compiles nothing)", file=sys.stderr)
         return 2
     from tabulate import tabulate

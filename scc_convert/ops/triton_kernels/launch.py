@@ -53,8 +53,9 @@ class Launch(NamedTuple):
 
 
 def interpreting() -> bool:
-    """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1`` at import)."""
-    return bool(triton.knobs.runtime.interpret)
+    """Whether the kernels were built for Triton's interpreter (``TRITON_INTERPRET=1`` when
+    this package's kernels were first imported)."""
+    return type(scc_forward_kernel).__name__ == "InterpretedFunction"
 
 
 # -- tables (built in geometry.py, cached per geometry and device) --------------------------
@@ -152,6 +153,7 @@ def _device_guard(t: Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
+@lru_cache(maxsize=16)
 def _multiprocessors(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
