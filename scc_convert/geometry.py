@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-__all__ = ["SCCGeometry", "ExecPlan", "SortedRows", "valid_cgs", "check_cg_co", "cyclic_columns"]
+__all__ = ["SCCGeometry", "ExecPlan", "SortedRows", "WindowTable", "valid_cgs", "check_cg_co", "cyclic_columns"]
 
 
 def _where(layer: str | None) -> str:
@@ -172,6 +172,21 @@ class SortedRows:
         return tuple(out)
 
 
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity, like ExecPlan
+class WindowTable:
+    """Every window with the input channels it reads and the output channels it computes: the
+    layout the native CPU kernel runs (``csrc/``), which reads it and derives nothing itself.
+
+    ``columns[w][k]`` is the input channel that weight column ``k`` of window ``w`` multiplies;
+    ``outputs`` lists the output channels grouped by window (window 0's first, ascending within
+    a window), and window ``w`` computes ``outputs[offsets[w]:offsets[w + 1]]``.
+    """
+
+    columns: tuple[tuple[int, ...], ...]
+    outputs: tuple[int, ...]
+    offsets: tuple[int, ...]
+
+
 @dataclass(frozen=True)
 class SCCGeometry:
     """Validated SCC hyper-parameters and everything derived from them.
@@ -306,6 +321,28 @@ class SCCGeometry:
                 f"needs {want} outputs (by window), got {counts}"
             )
         return wo
+
+    def window_table(self, window_of: Sequence[int] | None = None) -> WindowTable:
+        """The windows, their input channels and their output channels (see :class:`WindowTable`).
+
+        Example:
+            >>> t = SCCGeometry(4, 6, cg=2, co=0.5).window_table()
+            >>> t.columns, t.outputs, t.offsets
+            (((0, 1), (1, 2), (2, 3), (3, 0)), (0, 4, 1, 5, 2, 3), (0, 2, 4, 5, 6))
+        """
+        wo = self.check_window_of(window_of)
+        cd = self.cyclic_distance
+        by_window: list[list[int]] = [[] for _ in range(cd)]
+        for o, w in enumerate(wo):
+            by_window[w].append(o)
+        offsets = [0]
+        for outs in by_window:
+            offsets.append(offsets[-1] + len(outs))
+        return WindowTable(
+            columns=tuple(self.window_channels(w) for w in range(cd)),
+            outputs=tuple(o for outs in by_window for o in outs),
+            offsets=tuple(offsets),
+        )
 
     # -- cost ------------------------------------------------------------------------------
 

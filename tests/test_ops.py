@@ -1,23 +1,50 @@
-"""The SCC op against the fp64 dense masked-weight reference, plus the op's integrations."""
+"""The SCC op against the fp64 dense masked-weight reference, plus the op's integrations.
 
+Every test runs on each CPU implementation (the ``cpu_backend`` fixture): the native kernel,
+and the PyTorch path; a test that takes ``forward`` runs the PyTorch path with each of its
+two forwards. Tests of the PyTorch path's own internals are marked ``torch_path``.
+"""
+
+import contextlib
 import importlib
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from reference import algorithm1, scc_reference
 from scc_convert.functional import scc_conv2d
 from scc_convert.geometry import valid_cgs
-from scc_convert.ops import torch_path
+from scc_convert.ops import native, torch_path
 
-FORWARDS = ["windows", "masked_dense"]
+FORWARDS = ["windows", "masked_dense"]  # the PyTorch path's two forwards
+IMPLEMENTATIONS = [("torch", "windows"), ("torch", "masked_dense"), ("native", None)]
 
 
-forward_impl = torch_path.forced_forward  # the forward's two implementations, forced
+def pytest_generate_tests(metafunc):
+    backends = ["torch"] if metafunc.definition.get_closest_marker("torch_path") else ["torch", "native"]
+    if "forward" in metafunc.fixturenames:
+        pairs = [(b, f) for b, f in IMPLEMENTATIONS if b in backends]
+        metafunc.parametrize("cpu_backend,forward", pairs, indirect=["cpu_backend"], ids=[f or b for b, f in pairs])
+    else:
+        metafunc.parametrize("cpu_backend", backends, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def cpu_backend(request):
+    """The CPU implementation the test runs on (``native.use_backend``)."""
+    if request.param == "native" and not native.status()["available"]:
+        pytest.skip(f"the native CPU kernel is unavailable: {native.status()['reason']}")
+    with native.use_backend(request.param):
+        yield request.param
+
+
+def forward_impl(forward):
+    """The PyTorch path's forward ``forward``, forced (``None``: the native kernel runs)."""
+    return contextlib.nullcontext() if forward is None else torch_path.forced_forward(forward)
 
 # (cin, cout, cg, co, what the case covers)
 GEOMETRIES = [
@@ -55,7 +82,6 @@ def _grads(fn, x, weight, bias, gy):
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("n", [1, 3])
-@pytest.mark.parametrize("forward", FORWARDS)
 def test_forward_backward_match_reference_fp64(cin, cout, cg, co, case, layout, stride, n, forward):
     x, weight, bias = _inputs(n, cin, cout, cin // cg, h=7, w=5)
     if layout == "channels_last":
@@ -96,7 +122,7 @@ def test_custom_window_of_matches_reference():
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # the backend is fixed per test
 @given(
     cin=st.integers(1, 40),
     cout=st.integers(1, 40),
@@ -106,7 +132,7 @@ def test_custom_window_of_matches_reference():
     hw=st.integers(1, 4),
     seed=st.integers(0, 2**16),
 )
-def test_random_geometries_match_reference(cin, cout, cg_index, co, n, hw, seed):
+def test_random_geometries_match_reference(cin, cout, cg_index, co, n, hw, seed, cpu_backend):
     divisors = valid_cgs(cin)
     cg = divisors[cg_index % len(divisors)]
     x, weight, bias = _inputs(n, cin, cout, cin // cg, h=hw, w=hw + 1, seed=seed)
@@ -118,7 +144,7 @@ def test_random_geometries_match_reference(cin, cout, cg_index, co, n, hw, seed)
     y_ref = scc_reference(x, weight, bias, cg=cg, co=co, window_of=window_of)
     gy = torch.randn(y_ref.shape, generator=gen, dtype=torch.float64)
     _, ref = _grads(lambda a, b, c: scc_reference(a, b, c, cg=cg, co=co, window_of=window_of), x, weight, bias, gy)
-    for forward in FORWARDS:
+    for forward in FORWARDS if cpu_backend == "torch" else [None]:
         with forward_impl(forward):
             y, ours = _grads(lambda a, b, c: scc_conv2d(a, b, c, cg=cg, co=co, window_of=window_of), x, weight, bias, gy)
         torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=0)
@@ -147,7 +173,6 @@ def test_cg_one_is_dense_conv_with_rotated_rows():
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2), (torch.float16, 3e-3)])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("forward", FORWARDS)
 def test_low_precision_dtypes(dtype, tol, layout, forward):
     x, weight, bias = _inputs(4, 64, 48, 16, h=6, w=6)
     ref = scc_reference(x, weight, bias, cg=4, co=0.5)
@@ -315,7 +340,6 @@ def op_calls(monkeypatch):
 @pytest.mark.parametrize("cin,cout,cg,co,case", GEOMETRIES, ids=[g[-1] for g in GEOMETRIES])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("n", [1, 3])
-@pytest.mark.parametrize("forward", FORWARDS)
 def test_direct_eager_call_matches_reference(cin, cout, cg, co, case, layout, n, forward, op_calls):
     x, weight, bias = _inputs(n, cin, cout, cin // cg, h=7, w=5)
     if layout == "channels_last":
@@ -393,6 +417,7 @@ def test_op_is_called_whenever_something_watches(op_calls):
         (6, 6, 2, 0.34, False),  # gw = 3, s = 2, blocks of gcd(6, 2) = 2 do not tile a window
     ],
 )
+@pytest.mark.torch_path
 def test_both_backward_paths_match_reference(cin, cout, cg, co, per_image, monkeypatch):
     from scc_convert.ops import torch_path
 
@@ -408,6 +433,7 @@ def test_both_backward_paths_match_reference(cin, cout, cg, co, per_image, monke
     assert bool(calls) == per_image
 
 
+@pytest.mark.torch_path
 def test_forward_implementation_follows_window_size(monkeypatch):
     from scc_convert.geometry import SCCGeometry
 
@@ -428,7 +454,6 @@ def test_forward_implementation_follows_window_size(monkeypatch):
 
 
 @pytest.mark.parametrize("cin,cout,cg,co,case", GEOMETRIES, ids=[g[-1] for g in GEOMETRIES])
-@pytest.mark.parametrize("forward", FORWARDS)
 @pytest.mark.parametrize("n", [1, 2])
 def test_output_is_not_a_view_and_can_be_modified_in_place(cin, cout, cg, co, case, forward, n):
     # autograd forbids in-place changes to a custom op's output that is a view (e.g. ReLU(inplace))
@@ -444,6 +469,7 @@ def test_output_is_not_a_view_and_can_be_modified_in_place(cin, cout, cg, co, ca
         assert w.grad is not None
 
 
+@pytest.mark.torch_path
 def test_forced_forward_rejects_unknown_kind_and_restores_the_rule():
     geom = torch_path.geometry_for(torch.empty(1, 16, 1, 1), torch.empty(16, 4), 4, 0.5)
     chosen = torch_path.uses_masked_dense(geom)

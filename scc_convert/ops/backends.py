@@ -3,8 +3,8 @@
 * CUDA: the Triton kernels (``ops/triton_kernels``), imported on first use. Without Triton
   (or with ``SCC_CONVERT_CUDA_BACKEND=torch``) CUDA tensors run the PyTorch path, with one
   warning when Triton is missing.
-* CPU: the native C++ kernel when it is built and loadable (``ops/native.py``), else the
-  PyTorch path (``ops/torch_path.py``).
+* CPU: the native C++ kernel when it is built and loadable (``ops/native.py``; fp32, fp64,
+  bf16, fp16), else the PyTorch path (``ops/torch_path.py``).
 
 :func:`describe` reports all of it, with versions; ``scc-convert info`` prints it.
 """
@@ -20,9 +20,9 @@ from types import ModuleType
 
 import torch
 
-from . import torch_path
+from . import native, torch_path
 
-__all__ = ["cuda_backend", "cuda_forward", "cuda_backward", "describe"]
+__all__ = ["cuda_backend", "cuda_forward", "cuda_backward", "cpu_forward", "cpu_backward", "describe"]
 
 _CUDA_ENV = "SCC_CONVERT_CUDA_BACKEND"
 
@@ -74,11 +74,21 @@ def cuda_backward(grad_output, input, weight, cg, co, window_of, input_grad, wei
     return _cuda_impl().scc_backward(grad_output, input, weight, cg, co, window_of, input_grad, weight_grad)
 
 
+def _cpu_impl(dtype: torch.dtype):
+    return native if dtype in native.SUPPORTED_DTYPES and native.cpu_backend() == "native" else torch_path
+
+
+def cpu_forward(input, weight, bias, cg, co, window_of):
+    """The CPU kernel of ``scc::scc_conv2d``."""
+    return _cpu_impl(input.dtype).scc_forward(input, weight, bias, cg, co, window_of)
+
+
+def cpu_backward(grad_output, input, weight, cg, co, window_of, input_grad, weight_grad):
+    """The CPU kernel of ``scc::scc_conv2d_backward``."""
+    return _cpu_impl(input.dtype).scc_backward(grad_output, input, weight, cg, co, window_of, input_grad, weight_grad)
+
+
 def _cpu() -> dict:
-    try:
-        native = importlib.import_module(".native", __package__)
-    except ImportError:
-        return {"implementation": "torch", "detail": "PyTorch path (no native kernel in this build)"}
     status = native.status()
     backend = native.cpu_backend()
     if backend == "native":

@@ -8,8 +8,9 @@ Two ops live in the ``scc`` namespace:
   input_grad, weight_grad) -> (Tensor, Tensor)`` (a gradient not asked for is empty)
 
 Implementations: CUDA tensors run the Triton kernels (``ops/triton_kernels``, registered with
-``register_kernel("cuda")``); other devices the PyTorch path (``ops/backends.py`` says which
-runs where). ``input`` is ``[N, Cin, H, W]`` (NCHW or channels_last; the output keeps the layout),
+``register_kernel("cuda")``), CPU tensors the native C++ kernel (``ops/native.py``,
+``csrc/``, ``register_kernel("cpu")``); either falls back to the PyTorch path, which other
+devices run (``ops/backends.py`` says which runs where). ``input`` is ``[N, Cin, H, W]`` (NCHW or channels_last; the output keeps the layout),
 ``weight`` is ``[Cout, Cin // cg]``. Spatial stride is not part of the op: callers subsample
 first. Registration happens once per process; importing this module again (a reload, or a
 second copy of the package) reuses the ops already registered.
@@ -149,6 +150,8 @@ def _register() -> None:
     )
     fwd.register_kernel("cuda", backends.cuda_forward)
     bwd.register_kernel("cuda", backends.cuda_backward)
+    fwd.register_kernel("cpu", backends.cpu_forward)
+    bwd.register_kernel("cpu", backends.cpu_backward)
     fwd.register_fake(_forward_fake)
     bwd.register_fake(_backward_fake)
     fwd.register_autograd(_autograd_backward, setup_context=_setup_context)
@@ -211,5 +214,5 @@ def scc_conv2d_call(input, weight, bias, cg: int, co: float, window_of):
     op (see :func:`_direct_ok`), it goes through ``torch.ops.scc.scc_conv2d``.
     """
     if _direct_ok(input, weight, bias):
-        return _forward_impl(input, weight, bias, cg, co, window_of)
+        return backends.cpu_forward(input, weight, bias, cg, co, window_of)
     return scc_conv2d_op(input, weight, bias, cg, co, window_of)

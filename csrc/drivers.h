@@ -1,0 +1,99 @@
+// What forward.cpp and backward.cpp share: argument checks, the dtype dispatch, tensors as
+// views, operands converted to the compute type.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+
+#include "kernels.h"
+#include "tiles.h"
+#include "windows.h"
+
+namespace scc_native {
+
+at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                   const at::Tensor& table, bool channels_last);
+
+std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                            const at::Tensor& weight, const at::Tensor& table, bool channels_last,
+                                            bool input_grad, bool weight_grad);
+
+template <typename T>
+constexpr at::ScalarType scalar_type_of() {
+  return std::is_same_v<T, double> ? at::kDouble : at::kFloat;
+}
+
+// Calls f(S{}, T{}) with S the storage type of `dtype` and T the type it is computed in.
+template <typename F>
+void dispatch_storage(at::ScalarType dtype, F&& f) {
+  switch (dtype) {
+    case at::kFloat: return f(float{}, float{});
+    case at::kDouble: return f(double{}, double{});
+    case at::kBFloat16: return f(c10::BFloat16{}, float{});
+    case at::kHalf: return f(c10::Half{}, float{});
+    default: TORCH_CHECK(false, "scc_native: unsupported dtype ", dtype, " (float32, float64, bfloat16, float16)");
+  }
+}
+
+template <typename S>
+View<S> view_of(const at::Tensor& t) {
+  return {static_cast<S*>(t.data_ptr()), t.size(0), t.size(1), t.size(2), t.size(3),
+          t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+// The tensor itself can be a tile: it has the compute type and unit-stride pixels.
+template <typename T, typename S>
+bool can_run_in_place(const View<S>& v) {
+  return std::is_same_v<T, S> && v.unit_pixels();
+}
+
+// A 2-D operand in the compute type: element (i, j) at data[i * s0 + j * s1].
+template <typename T>
+struct Operand {
+  const T* data;
+  int64_t s0, s1;
+};
+
+// A weight or bias in the compute type: the tensor itself, or a converted copy it keeps.
+template <typename T>
+class Converted {
+ public:
+  explicit Converted(const at::Tensor& t) : t_(t.scalar_type() == scalar_type_of<T>() ? t : t.to(scalar_type_of<T>())) {}
+  explicit Converted(const std::optional<at::Tensor>& t) {
+    if (t) t_ = t->to(scalar_type_of<T>()).contiguous();
+  }
+  Operand<T> operand() const { return {t_.const_data_ptr<T>(), t_.stride(0), t_.stride(1)}; }
+  const T* data() const { return t_.defined() ? t_.const_data_ptr<T>() : nullptr; }
+
+ private:
+  at::Tensor t_;
+};
+
+inline void check_operands(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias) {
+  TORCH_CHECK(input.dim() == 4 && weight.dim() == 2, "scc_native: input must be 4-D and weight 2-D");
+  TORCH_CHECK(input.is_cpu() && weight.is_cpu(), "scc_native: CPU tensors only");
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "scc_native: weight dtype ", weight.scalar_type(),
+              " differs from input dtype ", input.scalar_type());
+  if (bias) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0) && bias->is_cpu(),
+                "scc_native: bias must be [out_channels] on the CPU");
+    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "scc_native: bias dtype ", bias->scalar_type(),
+                " differs from input dtype ", input.scalar_type());
+  }
+}
+
+inline at::Tensor empty_like_layout(const at::Tensor& input, int64_t channels, bool channels_last) {
+  return at::empty({input.size(0), channels, input.size(2), input.size(3)},
+                   input.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast
+                                                               : at::MemoryFormat::Contiguous));
+}
+
+}  // namespace scc_native

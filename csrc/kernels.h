@@ -1,0 +1,67 @@
+// The micro-kernels of the native SCC CPU kernel, as seen by the drivers (forward.cpp,
+// backward.cpp). They are compiled once per instruction set (isa_*.cpp, from kernels_impl.h)
+// and picked at run time for the CPU (kernels.cpp). Plain pointers only: no ATen here.
+//
+// All data are channel-major tiles: one row per channel, one column per pixel, rows reached
+// through element offsets from a base pointer. Pixel counts are multiples of `lanes`.
+#pragma once
+
+#include <cstdint>
+
+namespace scc_native {
+
+// C_r[p] = init[r] + sum_m A(r, m) * B_m[p]   (or C_r[p] += ... where accumulate[r])
+// for r < rows, m < depth, p < pixels, with A(r, m) = a[a_row[r] + a_col[m]],
+// B_m = b + b_row[m] and C_r = c + c_row[r].
+// Forward: r is an output channel, m a weight column. Input gradient: r is an input channel
+// of the window, m one of the window's output channels.
+template <typename T>
+struct RowsArgs {
+  const T* a;
+  const int64_t* a_row;
+  const int64_t* a_col;
+  const T* b;
+  const int64_t* b_row;
+  int64_t depth;
+  T* c;
+  const int64_t* c_row;
+  const T* init;              // nullptr: start from zero
+  const uint8_t* accumulate;  // nullptr: no row accumulates
+  int64_t pixels;
+};
+
+// out[r * ld + j] += sum_p G_r[p] * X_j[p] for r < rows, j < cols, p < pixels, with
+// G_r = g + g_row[r] and X_j = x + x_row[j]: the weight gradient's sums over pixels, added
+// lane by lane in a fixed order (deterministic).
+template <typename T>
+struct DotsArgs {
+  const T* g;
+  const int64_t* g_row;
+  const T* x;
+  const int64_t* x_row;
+  int64_t pixels;
+  T* out;
+  int64_t ld;
+};
+
+template <typename T>
+struct Kernels {
+  const char* isa;
+  int lanes;     // elements per vector
+  int rows_max;      // most rows one rows() call computes
+  int rows_vectors;  // pixel vectors of its register tile
+  void (*rows)(const RowsArgs<T>& args, int rows);
+  int dots_rows, dots_cols;  // largest dots() tile
+  void (*dots)(const DotsArgs<T>& args, int rows, int cols);
+  // One lanes x lanes block between pixel-major rows and a channel-major tile:
+  // to_tile: dst[c * ld + i] = src[i][c]; from_tile: dst[i][c] = src[c * ld + i].
+  void (*to_tile)(const T* const* src, T* dst, int64_t ld);
+  void (*from_tile)(const T* src, int64_t ld, T* const* dst);
+};
+
+// The kernels for this CPU: the widest instruction set both the CPU and ATen's
+// ATEN_CPU_CAPABILITY allow (AVX-512, AVX2, or portable vectors).
+template <typename T>
+const Kernels<T>& kernels();
+
+}  // namespace scc_native

@@ -1,0 +1,222 @@
+// Pixel blocks and channel-major tiles: how the drivers cut the work and move data between
+// a tensor (any strides, any of fp32/fp64/bf16/fp16) and the tiles the micro-kernels read.
+//
+// A tile holds rows = channels, columns = the pixels of one block. It is the tensor itself
+// when the tensor's pixels sit at unit stride and it has the compute type (NCHW), otherwise
+// a packed copy in per-thread scratch memory (channels_last: a transposing copy).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <type_traits>
+#include <vector>
+
+#include "kernels.h"
+
+namespace scc_native {
+
+// A 4-D tensor [N, C, H, W] with its strides (elements).
+template <typename S>
+struct View {
+  S* data;
+  int64_t n, c, h, w;
+  int64_t sn, sc, sh, sw;
+
+  int64_t pixels() const { return h * w; }
+  // Pixel q = y * W + x of an image sits at offset q from the image's channel row.
+  bool unit_pixels() const { return (w == 1 || sw == 1) && (h == 1 || sh == w); }
+  int64_t offset(int64_t flat) const {  // of pixel `flat` of the flattened N*H*W pixels
+    const int64_t hw = h * w, q = flat % hw;
+    return (flat / hw) * sn + (q / w) * sh + (q % w) * sw;
+  }
+};
+
+// The pixel blocks of one call. Per image (a block never crosses images, so tensors with
+// unit-stride pixels are read and written in place) when every image's pixels fill whole
+// vectors; otherwise blocks of the flattened N*H*W pixels, all packed.
+struct Blocks {
+  bool per_image = false;
+  int64_t hw = 0, total = 0, size = 0, per_img = 1, count = 0;
+
+  Blocks(int64_t n, int64_t hw_, bool per_image_, int64_t lanes, int64_t target, int64_t min_count) {
+    hw = hw_;
+    total = n * hw;
+    per_image = per_image_;
+    const int64_t span = per_image ? hw : total;
+    size = round_up(std::max<int64_t>(lanes, std::min(target, span)), lanes);
+    // More blocks when there are too few to keep every thread busy.
+    while (size > lanes && blocks_for(n, span) < min_count) size = round_up(size / 2, lanes);
+    if (per_image) {
+      per_img = ceil_div(hw, size);
+      size = round_up(ceil_div(hw, per_img), lanes);  // equal blocks within an image
+    }
+    count = blocks_for(n, span);
+  }
+
+  // First flattened pixel and pixel count of block b.
+  void range(int64_t b, int64_t& first, int64_t& len) const {
+    if (per_image) {
+      const int64_t img = b / per_img, j = b % per_img;
+      first = img * hw + j * size;
+      len = std::min(size, hw - j * size);
+    } else {
+      first = b * size;
+      len = std::min(size, total - first);
+    }
+  }
+
+  static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+  static int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+ private:
+  int64_t blocks_for(int64_t n, int64_t span) const {
+    return per_image ? n * ceil_div(hw, size) : ceil_div(total, size);
+  }
+};
+
+// Row stride of packed tiles: the padded block, nudged off multiples of 1 KiB so rows do not
+// all land in the same cache sets.
+inline int64_t packed_ld(int64_t block, int64_t lanes, int64_t elem_bytes) {
+  int64_t ld = Blocks::round_up(block, lanes);
+  if ((ld * elem_bytes) % 1024 == 0) ld += lanes;
+  return ld;
+}
+
+// Per-thread scratch memory, 64-byte aligned, kept and grown across calls.
+inline void* thread_scratch(size_t bytes) {
+  struct Buffer {
+    void* p = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(p); }
+  };
+  thread_local Buffer buf;
+  if (buf.size < bytes) {
+    std::free(buf.p);
+    buf.size = (bytes + 4095) / 4096 * 4096;
+    buf.p = std::aligned_alloc(64, buf.size);
+    if (!buf.p) {
+      buf.size = 0;
+      throw std::bad_alloc();
+    }
+  }
+  return buf.p;
+}
+
+// Where one tensor's rows of one block are: in place, or packed into `scratch`.
+template <typename T>
+struct Tile {
+  T* base;
+  int64_t ld;
+};
+
+// The tensor's own rows for the block at flattened pixel `first` (only for T == S: the
+// drivers use it where can_run_in_place holds).
+template <typename T, typename S>
+Tile<T> in_place(const View<S>& v, int64_t first) {
+  if constexpr (std::is_same_v<T, S>) {
+    const int64_t img = first / v.pixels(), q = first % v.pixels();
+    return {v.data + img * v.sn + q, v.sc};
+  } else {
+    return {nullptr, 0};
+  }
+}
+
+// Element offsets (from v.data) of the block's pixels, and the runs of consecutive ones.
+struct PixelRuns {
+  std::vector<int64_t> offset;                // per pixel
+  std::vector<int64_t> start, length, index;  // per run: first offset, pixels, first pixel
+
+  template <typename S>
+  void build(const View<S>& v, int64_t first, int64_t len) {
+    offset.resize(len);
+    start.clear();
+    length.clear();
+    index.clear();
+    for (int64_t i = 0; i < len; ++i) {
+      offset[i] = v.offset(first + i);
+      if (i > 0 && offset[i] == offset[i - 1] + 1) {
+        ++length.back();
+      } else {
+        start.push_back(offset[i]);
+        length.push_back(1);
+        index.push_back(i);
+      }
+    }
+  }
+};
+
+// tile[c][i] = v[channel c][pixel i] for c < rows, i < len; columns len..padded are zeroed.
+template <typename T, typename S>
+void pack(const View<S>& v, const PixelRuns& px, int64_t rows, T* tile, int64_t ld, int64_t padded,
+          const Kernels<T>& k) {
+  const int64_t len = static_cast<int64_t>(px.offset.size());
+  const int64_t L = k.lanes;
+  int64_t c0 = 0;
+  if constexpr (std::is_same_v<T, S>) {
+    if (v.sc == 1 && px.start.size() == px.offset.size()) {  // channels innermost: transpose
+      const T* src[64];
+      for (int64_t i0 = 0; i0 < len; i0 += L) {
+        for (int64_t i = 0; i < L; ++i) src[i] = v.data + px.offset[std::min(i0 + i, len - 1)];
+        for (c0 = 0; c0 + L <= rows; c0 += L) {
+          const T* at[64];
+          for (int64_t i = 0; i < L; ++i) at[i] = src[i] + c0;
+          k.to_tile(at, tile + c0 * ld + i0, ld);
+        }
+      }
+      c0 = rows / L * L;
+    }
+  }
+  const size_t runs = px.start.size();
+  for (int64_t c = c0; c < rows; ++c) {
+    const S* src = v.data + c * v.sc;
+    T* dst = tile + c * ld;
+    for (size_t r = 0; r < runs; ++r) {
+      const S* s = src + px.start[r];
+      T* d = dst + px.index[r];
+      for (int64_t i = 0; i < px.length[r]; ++i) d[i] = static_cast<T>(s[i]);
+    }
+  }
+  if (padded > len)
+    for (int64_t c = 0; c < rows; ++c) std::memset(tile + c * ld + len, 0, (padded - len) * sizeof(T));
+}
+
+// v[channel c][pixel i] = tile[c][i] for c < rows, i < len (the inverse of pack).
+template <typename T, typename S>
+void unpack(const T* tile, int64_t ld, int64_t rows, const View<S>& v, const PixelRuns& px,
+            const Kernels<T>& k) {
+  const int64_t len = static_cast<int64_t>(px.offset.size());
+  const int64_t L = k.lanes;
+  if constexpr (std::is_same_v<T, S>) {
+    if (v.sc == 1 && px.start.size() == px.offset.size()) {  // channels innermost: transpose
+      const int64_t full_px = len / L * L, full_c = rows / L * L;
+      T* dst[64];
+      for (int64_t i0 = 0; i0 < full_px; i0 += L) {
+        for (int64_t c0 = 0; c0 < full_c; c0 += L) {
+          for (int64_t i = 0; i < L; ++i) dst[i] = v.data + px.offset[i0 + i] + c0;
+          k.from_tile(tile + c0 * ld + i0, ld, dst);
+        }
+      }
+      for (int64_t i = 0; i < len; ++i) {  // the channels and pixels left over
+        T* d = v.data + px.offset[i];
+        for (int64_t c = (i < full_px ? full_c : 0); c < rows; ++c) d[c] = tile[c * ld + i];
+      }
+      return;
+    }
+  }
+  const size_t runs = px.start.size();
+  for (int64_t c = 0; c < rows; ++c) {
+    S* dst = v.data + c * v.sc;
+    const T* src = tile + c * ld;
+    for (size_t r = 0; r < runs; ++r) {
+      S* d = dst + px.start[r];
+      const T* s = src + px.index[r];
+      for (int64_t i = 0; i < px.length[r]; ++i) d[i] = static_cast<S>(s[i]);
+    }
+  }
+}
+
+}  // namespace scc_native
