@@ -1,19 +1,31 @@
-"""SCC forward on CPU vs a grouped 1x1 conv of the same FLOPs vs the dense 1x1 conv.
+"""SCC layer speed on CPU: the native kernel and the PyTorch path against the dense 1x1 conv and
+a grouped 1x1 conv of the same FLOPs (``groups=cg``).
 
-Target (issue 2): SCC within 1.2x of ``nn.Conv2d(C, C, 1, groups=cg)`` and below the dense
-1x1 conv on the four shapes below. Prints a table and writes ``results/cpu_scc.json``.
+Two sets of layers:
 
-    python bench/cpu_scc.py [--repeats 50] [--threads N] [--channels-last] [--train]
+* ``--shapes bench`` (default): the four shapes of issue 2 (target there: SCC within 1.2x of
+  the grouped conv and below the dense conv);
+* ``--shapes resnet50,mobilenet_v2``: every 1x1 conv of those torchvision models (the layers
+  ``convert`` turns into SCC), at their 224x224 sizes and ``--batch`` (16). Strided 1x1 convs
+  become SCC on the subsampled input, as ``SCCConv2d(stride=2)`` runs them. Totals weight
+  each shape by how often the model has it: the model's time in its 1x1 layers.
 
-The SCC forward runs one of two implementations, picked by window size (``SCC forward``
-column); ``other ms`` times the other one, forced, for comparison.
-``--train`` times a training step instead (forward + backward for input and weight gradients,
-``results/cpu_scc_train.json``); the targets are for the forward only.
+Issue 12's targets (fp32, batch 16, cg=4, co=0.5, NCHW and channels_last): summed dense/SCC
+at least 3.0x; no layer slower than its grouped conv; the expansion layers 64->256 at 56x56,
+128->512 at 28x28, 64->384 and 96->576 at 14x14 at least 2.5x; with ``--train`` (forward and
+both gradients) SCC within 1.1x of the grouped conv.
+
+All four run round-robin; ratios are medians of per-round ratios (paired: the shared
+machine's drift cancels). Prints a table and writes ``results/cpu_scc[_models][_channels_last][_train].json``.
+
+    python bench/cpu_scc.py [--shapes bench|resnet50,mobilenet_v2] [--channels-last] [--train]
+                            [--batch 16] [--repeats 30] [--threads N] [--cg 4] [--co 0.5]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import sys
 
@@ -21,72 +33,137 @@ import torch
 from tabulate import tabulate
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import machine, time_interleaved, write_json  # noqa: E402
+from _common import machine, paired_ratio, time_interleaved, write_json  # noqa: E402
 
 from scc_convert import SCCConv2d  # noqa: E402
-from scc_convert.ops.torch_path import forced_forward, uses_masked_dense  # noqa: E402
+from scc_convert.ops import native  # noqa: E402
 
-SHAPES = [  # N, C, H(=W), cg, co
+BENCH_SHAPES = [  # N, C (in = out), H = W, cg, co: issue 2's shapes
     (32, 128, 28, 4, 0.5),
     (32, 256, 14, 4, 0.5),
     (16, 96, 28, 2, 0.25),
     (32, 512, 7, 8, 0.5),
 ]
+EXPANSIONS = {(64, 256, 56), (128, 512, 28), (64, 384, 14), (96, 576, 14)}  # (Cin, Cout, H) of issue 12
+
+
+def model_layers(name: str) -> list[tuple[int, int, int, int, int]]:
+    """(Cin, Cout, stride, H of the input, count) of every 1x1 conv (groups=1) of a torchvision
+    model run on 224x224, in order of first appearance."""
+    import torchvision
+
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    seen: collections.Counter = collections.Counter()
+    hooks = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1:
+            def hook(mod, inputs, output):
+                seen[(mod.in_channels, mod.out_channels, mod.stride[0], inputs[0].shape[2])] += 1
+            hooks.append(module.register_forward_hook(hook))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 224, 224))
+    for h in hooks:
+        h.remove()
+    return [(*shape, count) for shape, count in seen.items()]
+
+
+def layer_cases(args) -> list[dict]:
+    if args.shapes == "bench":
+        return [{"model": "bench", "cin": c, "cout": c, "stride": 1, "h": hw, "count": 1, "batch": n, "cg": cg, "co": co}
+                for n, c, hw, cg, co in BENCH_SHAPES]
+    cases = []
+    for name in args.shapes.split(","):
+        for cin, cout, stride, h, count in model_layers(name):
+            cases.append({"model": name, "cin": cin, "cout": cout, "stride": stride, "h": h, "count": count,
+                          "batch": args.batch, "cg": args.cg, "co": args.co})
+    return cases
+
+
+def time_case(case: dict, fmt: torch.memory_format, train: bool, repeats: int, backends: list[str]) -> dict:
+    cin, cout, stride, cg = case["cin"], case["cout"], case["stride"], case["cg"]
+    x = torch.randn(case["batch"], cin, case["h"], case["h"]).contiguous(memory_format=fmt).requires_grad_(train)
+    scc = SCCConv2d(cin, cout, cg, case["co"], stride=stride).to(memory_format=fmt)
+    grouped = torch.nn.Conv2d(cin, cout, 1, stride=stride, groups=cg, bias=False).to(memory_format=fmt)
+    dense = torch.nn.Conv2d(cin, cout, 1, stride=stride, bias=False).to(memory_format=fmt)
+    with torch.no_grad():
+        grad = torch.randn_like(dense(x)).contiguous(memory_format=fmt)
+
+    def run(layer, backend=None):
+        def step():
+            with native.use_backend(backend) if backend else contextlib.nullcontext():
+                if train:
+                    return torch.autograd.grad(layer(x), (x, layer.weight), grad)
+                return layer(x)
+        return step
+
+    fns = {"dense": run(dense), "grouped": run(grouped)}
+    fns.update({f"scc_{b}": run(scc, b) for b in backends})
+    with torch.inference_mode(mode=not train):
+        t = time_interleaved(fns, repeats, keep_samples=True)
+    ratios = {}
+    for b in backends:
+        s = t[f"scc_{b}"]["samples_ms"]
+        ratios[f"dense/{b}"] = paired_ratio(t["dense"]["samples_ms"], s)
+        ratios[f"grouped/{b}"] = paired_ratio(t["grouped"]["samples_ms"], s)
+    if len(backends) == 2:
+        ratios["torch/native"] = paired_ratio(t["scc_torch"]["samples_ms"], t["scc_native"]["samples_ms"])
+    return {**case, "timings": t, "ratios": ratios}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--shapes", default="bench", help="'bench', or torchvision model names (comma-separated)")
+    parser.add_argument("--batch", type=int, default=16, help="batch size of the model layers")
+    parser.add_argument("--cg", type=int, default=4)
+    parser.add_argument("--co", type=float, default=0.5)
+    parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--channels-last", action="store_true", help="run all three in channels_last")
+    parser.add_argument("--channels-last", action="store_true", help="run everything in channels_last")
     parser.add_argument("--train", action="store_true", help="time forward + backward (input and weight grads)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    backends = ["native", "torch"] if native.status()["available"] else ["torch"]
     info = machine()
-    info["layout"] = "channels_last" if args.channels_last else "NCHW"
-    info["pass"] = "forward + backward" if args.train else "forward"
+    info.update(layout="channels_last" if args.channels_last else "NCHW", dtype="float32",
+                pass_="forward + backward" if args.train else "forward", native=native.status())
     print(f"# {info['cpu']} | {info['threads']} threads | torch {info['torch']} | {info['layout']} | fp32 | "
-          f"{info['pass']} | median of {args.repeats}")
-    rows, records = [], []
+          f"{info['pass_']} | {args.repeats} interleaved rounds | native kernel: {native.status()}")
+
+    records, rows = [], []
+    totals: dict = collections.defaultdict(float)
     torch.manual_seed(0)
-    with torch.inference_mode(mode=not args.train):
-        for n, c, hw, cg, co in SHAPES:
-            x = torch.randn(n, c, hw, hw).contiguous(memory_format=fmt).requires_grad_(args.train)
-            scc = SCCConv2d(c, c, cg, co).to(memory_format=fmt)
-            grouped = torch.nn.Conv2d(c, c, 1, groups=cg, bias=False).to(memory_format=fmt)
-            dense = torch.nn.Conv2d(c, c, 1, bias=False).to(memory_format=fmt)
-            grad = torch.randn(n, c, hw, hw).contiguous(memory_format=fmt)
-
-            def run(layer, forced=None):
-                def step():
-                    with forced_forward(forced) if forced else contextlib.nullcontext():
-                        if args.train:
-                            return torch.autograd.grad(layer(x), (x, layer.weight), grad)
-                        return layer(x)
-
-                return step
-
-            other = "windows" if uses_masked_dense(scc.geometry, fmt) else "masked_dense"
-            t = time_interleaved(
-                {"scc": run(scc), f"scc_{other}": run(scc, other), "grouped": run(grouped), "dense": run(dense)},
-                args.repeats,
-            )
-            s, o, g, d = (t[k]["median_ms"] for k in ("scc", f"scc_{other}", "grouped", "dense"))
-            chosen = "masked dense" if other == "windows" else "windows"
-            shape = f"N={n} C={c} {hw}x{hw} cg={cg} co={co}"
-            rows.append([shape, chosen, f"{s:.2f}", f"{o:.2f}", f"{g:.2f}", f"{d:.2f}", f"{s / g:.2f}x",
-                         f"{s / d:.2f}x", "yes" if s <= 1.2 * g and s < d else "no"])
-            records.append({"shape": {"N": n, "C": c, "H": hw, "W": hw, "cg": cg, "co": co},
-                            "scc_forward": chosen, "timings": t})
-    verdict = "<= 1.2x grouped and < dense" if args.train else "target met"  # the targets are the forward's
-    print(tabulate(rows, headers=["shape", "SCC forward", "SCC ms", "other ms", "grouped ms", "dense ms",
-                                  "SCC/grouped", "SCC/dense", verdict]))
-    print("SCC forward: the implementation the rule picks (windows: one product per window; masked dense: one "
-          "GEMM on the weight scattered into [Cout, Cin]); other ms: the other one, forced.")
-    name = "cpu_scc" + ("_channels_last" if args.channels_last else "") + ("_train" if args.train else "") + ".json"
-    path = write_json(name, {"machine": info, "repeats": args.repeats, "results": records})
+    for case in layer_cases(args):
+        r = time_case(case, fmt, args.train, args.repeats, backends)
+        records.append(r)
+        t, q = r["timings"], r["ratios"]
+        for key in t:
+            totals[(case["model"], key)] += case["count"] * t[key]["median_ms"]
+        n = "native" if "native" in backends else "torch"
+        expansion = (case["cin"], case["cout"], case["h"] // case["stride"]) in EXPANSIONS
+        shape = (f"{case['cin']}->{case['cout']} {case['h'] // case['stride']}x{case['h'] // case['stride']}"
+                 + (f" s{case['stride']}" if case["stride"] > 1 else "") + (" (expansion)" if expansion else ""))
+        row = [case["model"], shape, case["count"], f"{t['dense']['median_ms']:.2f}", f"{t['grouped']['median_ms']:.2f}"]
+        row += [f"{t[f'scc_{b}']['median_ms']:.2f}" for b in backends]
+        row += [f"{q[f'dense/{n}']['median']:.2f}x", f"{q[f'grouped/{n}']['median']:.2f}x"]
+        if len(backends) == 2:
+            row += [f"{q['torch/native']['median']:.2f}x"]
+        rows.append(row)
+        print(tabulate([row], tablefmt="plain"), flush=True)
+    headers = ["model", "layer", "count", "dense ms", "grouped ms"] + [f"SCC {b} ms" for b in backends]
+    headers += [f"dense/SCC {n}", f"grouped/SCC {n}"] + (["torch/native"] if len(backends) == 2 else [])
+    print(tabulate(rows, headers=headers))
+    summary = {}
+    for model in dict.fromkeys(c["model"] for c in records):
+        s = {f"dense/{b}": totals[(model, "dense")] / totals[(model, f"scc_{b}")] for b in backends}
+        s.update({f"grouped/{b}": totals[(model, "grouped")] / totals[(model, f"scc_{b}")] for b in backends})
+        summary[model] = s
+        print(f"{model}: summed over its 1x1 layers (medians x count): "
+              + ", ".join(f"{k} {v:.2f}x" for k, v in s.items()))
+    name = ("cpu_scc" + ("" if args.shapes == "bench" else "_models") + ("_channels_last" if args.channels_last else "")
+            + ("_train" if args.train else "") + ".json")
+    path = write_json(name, {"machine": info, "repeats": args.repeats, "summary": summary, "results": records})
     print(f"raw results: {path}")
     return 0
 

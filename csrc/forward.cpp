@@ -1,9 +1,9 @@
 // The SCC forward on CPU: y[n, o, p] = bias[o] + sum_k W[o, k] * x[n, columns[w(o)][k], p].
 //
-// Parallel over pixel blocks (image x pixel range). Per block the input rows stay in cache
-// while every window reads them: per window, its output rows are computed by the rows()
-// micro-kernel straight into the output (NCHW, unit-stride pixels) or into a packed tile
-// that is then copied out once (channels_last, strided views, bf16/fp16, odd image sizes).
+// Parallel over pixel blocks. Per block the input rows stay in cache while every window reads
+// them: per window, its output rows come from the rows() micro-kernel, written straight into
+// the output in output order (NCHW with unit-stride pixels), or into a packed tile that is
+// copied out once (channels_last, strided views, bf16/fp16, an image's ragged tail).
 #include "drivers.h"
 
 #include <ATen/Parallel.h>
@@ -13,81 +13,113 @@
 namespace scc_native {
 namespace {
 
-// Pixels per block: the input tile of all channels in about this many bytes.
+// Pixels per block: all input channels of a block in about this many bytes (L2).
 constexpr int64_t kInputTileBytes = 192 * 1024;
-// Pixels per inner step: one window's input rows in about this many bytes (L1).
-constexpr int64_t kWindowPanelBytes = 24 * 1024;
+// Pixels per inner step and weight columns per depth block: a window's input rows for one
+// step in about this many bytes (L1).
+constexpr int64_t kPanelBytes = 24 * 1024;
 constexpr int64_t kMaxBlock = 1024;
 
 template <typename T, typename S>
-void run_forward(const View<S>& x, const Operand<T>& weight, const T* bias, const Windows& win, const View<S>& y) {
+struct Forward {
+  const View<S>& x;
+  const Operand<T>& weight;
+  const T* bias;
+  const Windows& win;
+  const View<S>& y;
   const Kernels<T>& k = kernels<T>();
-  const int64_t L = k.lanes, cin = x.c, cout = y.c, gw = win.width;
-  const int64_t threads = at::get_num_threads();
-  const bool x_place = can_run_in_place<T>(x), y_place = can_run_in_place<T>(y);
-  const bool per_image = x.pixels() % L == 0 && (x_place || y_place);
-  const int64_t target = std::clamp<int64_t>(kInputTileBytes / (cin * int64_t(sizeof(T))), 4 * L, kMaxBlock);
-  const Blocks blocks(x.n, x.pixels(), per_image, L, target, 2 * threads);
-  const bool x_in = per_image && x_place, y_in = per_image && y_place;
-  const int64_t ld = packed_ld(blocks.size, L, sizeof(T));
-  const int64_t ld_x = x_in ? x.sc : ld, ld_y = y_in ? y.sc : ld;
-  const int64_t step = std::max<int64_t>(
-      L * k.rows_vectors, kWindowPanelBytes / (gw * int64_t(sizeof(T))) / (L * k.rows_vectors) * (L * k.rows_vectors));
+  std::vector<int64_t> a_row, a_col, b_row_in, b_row_packed, c_row_in, c_row_packed;
+  std::vector<T> init;
+  int64_t ld = 0, step = 0, depth_block = 0;
 
-  // Offsets the micro-kernel reads, in window order (output i of the table is outputs[i]).
-  std::vector<int64_t> a_row(cout), c_row(cout), a_col(gw), b_row(win.count * gw);
-  std::vector<T> init(bias ? cout : 0);
-  for (int64_t i = 0; i < cout; ++i) {
-    a_row[i] = win.outputs[i] * weight.s0;
-    c_row[i] = win.outputs[i] * ld_y;
-    if (bias) init[i] = bias[win.outputs[i]];
-  }
-  for (int64_t j = 0; j < gw; ++j) a_col[j] = j * weight.s1;
-  for (int64_t i = 0; i < win.count * gw; ++i) b_row[i] = win.columns[i] * ld_x;
+  Forward(const View<S>& x_, const Operand<T>& w_, const T* b_, const Windows& win_, const View<S>& y_)
+      : x(x_), weight(w_), bias(b_), win(win_), y(y_) {}
 
-  const size_t x_tile = x_in ? 0 : size_t(cin * ld), y_tile = y_in ? 0 : size_t(cout * ld);
-  at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
-    T* scratch = static_cast<T*>(thread_scratch((x_tile + y_tile) * sizeof(T)));
-    PixelRuns px_x, px_y;
-    for (int64_t b = begin; b < end; ++b) {
-      int64_t first, len;
-      blocks.range(b, first, len);
-      const int64_t padded = Blocks::round_up(len, L);
-      Tile<T> xt, yt;
-      if (x_in) {
-        xt = in_place<T>(x, first);
-      } else {
-        px_x.build(x, first, len);
-        xt = {scratch, ld};
-        pack(x, px_x, cin, xt.base, ld, padded, k);
-      }
-      yt = y_in ? in_place<T>(y, first) : Tile<T>{scratch + x_tile, ld};
-      for (int64_t p0 = 0; p0 < padded; p0 += step) {
-        RowsArgs<T> a{};
-        a.a = weight.data;
-        a.a_col = a_col.data();
-        a.b = xt.base + p0;
-        a.depth = gw;
-        a.c = yt.base + p0;
-        a.pixels = std::min(step, padded - p0);
-        for (int64_t w = 0; w < win.count; ++w) {
-          const int64_t first_out = win.offsets[w], m = win.size(w);
-          a.b_row = b_row.data() + w * gw;
-          for (int64_t r = 0; r < m; r += k.rows_max) {
-            a.a_row = a_row.data() + first_out + r;
-            a.c_row = c_row.data() + first_out + r;
-            a.init = bias ? init.data() + first_out + r : nullptr;
-            k.rows(a, static_cast<int>(std::min<int64_t>(k.rows_max, m - r)));
-          }
-        }
-      }
-      if (!y_in) {
-        px_y.build(y, first, len);
-        unpack(yt.base, ld, cout, y, px_y, k);
-      }
+  void run() {
+    const int64_t L = k.lanes, cin = x.c, cout = y.c, gw = win.width, threads = at::get_num_threads();
+    const bool x_place = can_run_in_place<T>(x), y_place = can_run_in_place<T>(y);
+    const bool per_image = cut_per_image(x.pixels(), L, x_place || y_place);
+    const int64_t target = std::clamp<int64_t>(kInputTileBytes / (cin * int64_t(sizeof(T))), 4 * L, kMaxBlock);
+    const Blocks blocks(x.n, x.pixels(), per_image, L, target, 2 * threads);
+    ld = packed_ld(blocks.size + L, L, sizeof(T));
+    const int64_t tile = L * k.rows_vectors;
+    step = std::max<int64_t>(tile, kPanelBytes / (gw * int64_t(sizeof(T))) / tile * tile);
+    depth_block = std::max<int64_t>(16, kPanelBytes / (step * int64_t(sizeof(T))));
+
+    // Offsets the micro-kernel reads, in window order (output i of the table is outputs[i]).
+    a_row.resize(cout);
+    c_row_in.resize(cout);
+    c_row_packed.resize(cout);
+    a_col.resize(gw);
+    b_row_in.resize(win.count * gw);
+    b_row_packed.resize(win.count * gw);
+    init.resize(bias ? cout : 0);
+    for (int64_t i = 0; i < cout; ++i) {
+      a_row[i] = win.outputs[i] * weight.s0;
+      c_row_in[i] = win.outputs[i] * y.sc;
+      c_row_packed[i] = win.outputs[i] * ld;
+      if (bias) init[i] = bias[win.outputs[i]];
     }
-  });
-}
+    for (int64_t j = 0; j < gw; ++j) a_col[j] = j * weight.s1;
+    for (int64_t i = 0; i < win.count * gw; ++i) {
+      b_row_in[i] = win.columns[i] * x.sc;
+      b_row_packed[i] = win.columns[i] * ld;
+    }
+
+    const size_t scratch_elems = size_t((cin + cout) * ld);
+    at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
+      T* scratch = static_cast<T*>(thread_scratch(scratch_elems * sizeof(T)));
+      PixelRuns px;
+      for (int64_t b = begin; b < end; ++b) {
+        int64_t first, len;
+        blocks.range(b, first, len);
+        const int64_t main = per_image ? len / L * L : 0;
+        if (main > 0) part(first, main, x_place, y_place, scratch, px);
+        if (len > main) part(first + main, len - main, false, false, scratch, px);
+      }
+    });
+  }
+
+  // Pixels [first, first + len) of the flattened N*H*W; in place only where allowed (then len
+  // is a multiple of the vector length and the pixels lie in one image).
+  void part(int64_t first, int64_t len, bool x_in, bool y_in, T* scratch, PixelRuns& px) {
+    const int64_t padded = Blocks::round_up(len, k.lanes);
+    Tile<T> xt{scratch, ld}, yt{scratch + x.c * ld, ld};
+    if (x_in) {
+      xt = in_place<T>(x, first);
+    } else {
+      px.build(x, first, len);
+      pack(x, px, x.c, xt.base, ld, padded, k);
+    }
+    if (y_in) yt = in_place<T>(y, first);
+    const std::vector<int64_t>& b_row = x_in ? b_row_in : b_row_packed;
+    const std::vector<int64_t>& c_row = y_in ? c_row_in : c_row_packed;
+    RowsArgs<T> a{};
+    a.a = weight.data;
+    a.a_col = a_col.data();
+    a.depth = win.width;
+    a.depth_block = depth_block;
+    auto window = [&](int64_t w, int64_t p0) {
+      a.b = xt.base + p0;
+      a.c = yt.base + p0;
+      a.pixels = std::min(step, padded - p0);
+      const int64_t first_out = win.offsets[w], m = win.size(w);
+      a.b_row = b_row.data() + w * win.width;
+      for (int64_t r = 0; r < m; r += k.rows_max) {
+        a.a_row = a_row.data() + first_out + r;
+        a.c_row = c_row.data() + first_out + r;
+        a.init = bias ? init.data() + first_out + r : nullptr;
+        k.rows(a, static_cast<int>(std::min<int64_t>(k.rows_max, m - r)));
+      }
+    };
+    for (int64_t p0 = 0; p0 < padded; p0 += step)
+      for (int64_t w = 0; w < win.count; ++w) window(w, p0);
+    if (!y_in) {
+      px.build(y, first, len);
+      unpack(yt.base, ld, y.c, y, px, k);
+    }
+  }
+};
 
 }  // namespace
 
@@ -101,7 +133,9 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std:
     using S = decltype(storage);
     using T = decltype(compute);
     const Converted<T> w(weight), b(bias);
-    run_forward<T, S>(view_of<S>(input), w.operand(), b.data(), win, view_of<S>(out));
+    const View<S> xv = view_of<S>(input), yv = view_of<S>(out);
+    const Operand<T> wo = w.operand();
+    Forward<T, S>(xv, wo, b.data(), win, yv).run();
   });
   return out;
 }

@@ -23,6 +23,7 @@ struct RowsArgs {
   const T* b;
   const int64_t* b_row;
   int64_t depth;
+  int64_t depth_block;  // the sum over m runs in blocks of this many (cache); 0: one block
   T* c;
   const int64_t* c_row;
   const T* init;              // nullptr: start from zero

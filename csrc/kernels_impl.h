@@ -13,6 +13,7 @@
 // dots(): a tile of R x C dot products over pixels, each a vector accumulator; R * C equals
 // the vector length, so one transposing reduction turns the tile into one vector of sums.
 
+#include <cstdint>
 #include <utility>
 
 #include "kernels.h"
@@ -107,6 +108,11 @@ SCC_TARGET void from_tile(const T* src, int64_t ld, T* const* dst) {
 
 // -- rows ----------------------------------------------------------------------------------
 
+template <typename T>
+constexpr int kLineElems = 64 / sizeof(T);  // one cache line
+template <typename T>
+constexpr int kPrefetchElems = 512 / sizeof(T);  // how far ahead rows() prefetches B (bench/cpu_scc.py)
+
 template <typename T, int R, int NV>
 SCC_TARGET SCC_INLINE void rows_block(const T* const* ar, const int64_t* a_col, const T* b,
                                       const int64_t* b_row, int64_t depth, T* const* cr,
@@ -127,6 +133,10 @@ SCC_TARGET SCC_INLINE void rows_block(const T* const* ar, const int64_t* a_col, 
   }
   for (int64_t m = 0; m < depth; ++m) {
     const T* bm = b + b_row[m] + p;
+    // The B rows are hundreds of interleaved streams (one per input channel in NCHW), more
+    // than the hardware prefetchers follow: ask for the lines this row reads next.
+    SCC_UNROLL
+    for (int j = 0; j < NV * L; j += kLineElems<T>) __builtin_prefetch(bm + kPrefetchElems<T> + j, 0, 3);
     V bv[NV];
     SCC_UNROLL
     for (int j = 0; j < NV; ++j) bv[j] = load<V>(bm + j * L);
@@ -145,6 +155,13 @@ SCC_TARGET SCC_INLINE void rows_block(const T* const* ar, const int64_t* a_col, 
   }
 }
 
+template <int R>
+const uint8_t* accumulate_all() {
+  static constexpr uint8_t ones[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+  static_assert(R <= 8);
+  return ones;
+}
+
 template <typename T, int R>
 SCC_TARGET void rows_fixed(const RowsArgs<T>& a) {
   constexpr int L = Vec<T>::lanes, NV = SCC_ROWS_VECTORS;
@@ -154,11 +171,18 @@ SCC_TARGET void rows_fixed(const RowsArgs<T>& a) {
     ar[r] = a.a + a.a_row[r];
     cr[r] = a.c + a.c_row[r];
   }
-  int64_t p = 0;
-  for (; p + NV * L <= a.pixels; p += NV * L)
-    rows_block<T, R, NV>(ar, a.a_col, a.b, a.b_row, a.depth, cr, a.init, a.accumulate, p);
-  for (; p < a.pixels; p += L)
-    rows_block<T, R, 1>(ar, a.a_col, a.b, a.b_row, a.depth, cr, a.init, a.accumulate, p);
+  const uint8_t* everyone = accumulate_all<R>();
+  const int64_t kc = a.depth_block > 0 ? a.depth_block : a.depth;
+  for (int64_t k0 = 0; k0 < a.depth; k0 += kc) {  // later blocks add onto the rows
+    const int64_t kn = kc < a.depth - k0 ? kc : a.depth - k0;
+    const T* init = k0 == 0 ? a.init : nullptr;
+    const uint8_t* acc = k0 == 0 ? a.accumulate : everyone;
+    int64_t p = 0;
+    for (; p + NV * L <= a.pixels; p += NV * L)
+      rows_block<T, R, NV>(ar, a.a_col + k0, a.b, a.b_row + k0, kn, cr, init, acc, p);
+    for (; p < a.pixels; p += L)
+      rows_block<T, R, 1>(ar, a.a_col + k0, a.b, a.b_row + k0, kn, cr, init, acc, p);
+  }
 }
 
 template <typename T, int R = SCC_ROWS_MAX>
@@ -208,6 +232,12 @@ SCC_TARGET void dots_fixed(const DotsArgs<T>& a) {
   SCC_UNROLL
   for (int t = 0; t < R * C; ++t) acc[t] = V{};
   for (int64_t p = 0; p < a.pixels; p += L) {
+    if (p % kLineElems<T> == 0) {  // as in rows(): R + C row streams
+      SCC_UNROLL
+      for (int r = 0; r < R; ++r) __builtin_prefetch(g[r] + p + kPrefetchElems<T>, 0, 3);
+      SCC_UNROLL
+      for (int c = 0; c < C; ++c) __builtin_prefetch(x[c] + p + kPrefetchElems<T>, 0, 3);
+    }
     V gv[R], xv[C];
     SCC_UNROLL
     for (int r = 0; r < R; ++r) gv[r] = load<V>(g[r] + p);

@@ -35,34 +35,37 @@ struct View {
   }
 };
 
-// The pixel blocks of one call. Per image (a block never crosses images, so tensors with
-// unit-stride pixels are read and written in place) when every image's pixels fill whole
-// vectors; otherwise blocks of the flattened N*H*W pixels, all packed.
+// The pixel blocks of one call. Per image when the tensors can be read in place (NCHW with
+// unit-stride pixels): a block never crosses images, holds whole vectors of pixels and, if it
+// is an image's last, its ragged tail (main() + tail pixels). Otherwise blocks of the
+// flattened N*H*W pixels, all packed.
 struct Blocks {
   bool per_image = false;
-  int64_t hw = 0, total = 0, size = 0, per_img = 1, count = 0;
+  int64_t hw = 0, total = 0, lanes = 1, size = 0, per_img = 1, count = 0;
 
-  Blocks(int64_t n, int64_t hw_, bool per_image_, int64_t lanes, int64_t target, int64_t min_count) {
-    hw = hw_;
-    total = n * hw;
-    per_image = per_image_;
-    const int64_t span = per_image ? hw : total;
-    size = round_up(std::max<int64_t>(lanes, std::min(target, span)), lanes);
-    // More blocks when there are too few to keep every thread busy.
-    while (size > lanes && blocks_for(n, span) < min_count) size = round_up(size / 2, lanes);
+  // target: pixels per block wanted; min_count: fewer blocks than this leave threads idle.
+  Blocks(int64_t n, int64_t hw_, bool per_image_, int64_t lanes_, int64_t target, int64_t min_count)
+      : per_image(per_image_), hw(hw_), total(n * hw_), lanes(lanes_) {
+    const int64_t vectors = per_image ? hw / lanes : ceil_div(total, lanes);
+    int64_t per_block = std::clamp<int64_t>(target / lanes, 1, std::max<int64_t>(vectors, 1));
+    while (per_block > 1 && (per_image ? n * ceil_div(vectors, per_block) : ceil_div(vectors, per_block)) < min_count)
+      per_block = ceil_div(per_block, 2);
+    size = per_block * lanes;
     if (per_image) {
-      per_img = ceil_div(hw, size);
-      size = round_up(ceil_div(hw, per_img), lanes);  // equal blocks within an image
+      per_img = ceil_div(vectors, per_block);
+      count = n * per_img;
+    } else {
+      count = ceil_div(total, size);
     }
-    count = blocks_for(n, span);
   }
 
   // First flattened pixel and pixel count of block b.
   void range(int64_t b, int64_t& first, int64_t& len) const {
-    if (per_image) {
-      const int64_t img = b / per_img, j = b % per_img;
-      first = img * hw + j * size;
-      len = std::min(size, hw - j * size);
+    if (per_image) {  // the image's vectors spread evenly over its blocks; the last adds the tail
+      const int64_t img = b / per_img, j = b % per_img, vectors = hw / lanes;
+      const int64_t base = vectors / per_img, extra = vectors % per_img;
+      first = img * hw + lanes * (j * base + std::min(j, extra));
+      len = lanes * (base + (j < extra ? 1 : 0)) + (j == per_img - 1 ? hw % lanes : 0);
     } else {
       first = b * size;
       len = std::min(size, total - first);
@@ -71,12 +74,14 @@ struct Blocks {
 
   static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
   static int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
-
- private:
-  int64_t blocks_for(int64_t n, int64_t span) const {
-    return per_image ? n * ceil_div(hw, size) : ceil_div(total, size);
-  }
 };
+
+// Whether to cut per image: some tensor can be read in place, and the ragged tail of each
+// image (packed, padded to a vector) wastes at most 1/8 of the lanes.
+inline bool cut_per_image(int64_t hw, int64_t lanes, bool any_in_place) {
+  const int64_t pad = (lanes - hw % lanes) % lanes;
+  return any_in_place && hw >= lanes && 8 * pad <= hw + pad;
+}
 
 // Row stride of packed tiles: the padded block, nudged off multiples of 1 KiB so rows do not
 // all land in the same cache sets.
@@ -125,29 +130,45 @@ Tile<T> in_place(const View<S>& v, int64_t first) {
   }
 }
 
-// Element offsets (from v.data) of the block's pixels, and the runs of consecutive ones.
+// A block's pixels as element offsets from v.data, and as segments of equally spaced
+// offsets (a whole image at unit stride, a row of a strided view, one pixel of channels_last).
 struct PixelRuns {
-  std::vector<int64_t> offset;                // per pixel
-  std::vector<int64_t> start, length, index;  // per run: first offset, pixels, first pixel
+  std::vector<int64_t> offset;                      // per pixel
+  std::vector<int64_t> start, length, step, index;  // per segment; index: its first pixel
 
   template <typename S>
   void build(const View<S>& v, int64_t first, int64_t len) {
     offset.resize(len);
     start.clear();
     length.clear();
+    step.clear();
     index.clear();
     for (int64_t i = 0; i < len; ++i) {
       offset[i] = v.offset(first + i);
-      if (i > 0 && offset[i] == offset[i - 1] + 1) {
+      const int64_t d = i > 0 ? offset[i] - offset[i - 1] : 0;
+      if (i > 0 && (length.back() == 1 ? d == 1 || d == v.sw : d == step.back())) {
+        step.back() = d;
         ++length.back();
       } else {
         start.push_back(offset[i]);
         length.push_back(1);
+        step.push_back(1);
         index.push_back(i);
       }
     }
   }
 };
+
+template <typename D, typename S>
+inline void copy_strided(D* d, const S* s, int64_t n, int64_t step) {
+  if (step == 1) {
+    for (int64_t i = 0; i < n; ++i) d[i] = static_cast<D>(s[i]);
+  } else if (step == 2) {
+    for (int64_t i = 0; i < n; ++i) d[i] = static_cast<D>(s[2 * i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) d[i] = static_cast<D>(s[i * step]);
+  }
+}
 
 // tile[c][i] = v[channel c][pixel i] for c < rows, i < len; columns len..padded are zeroed.
 template <typename T, typename S>
@@ -157,12 +178,12 @@ void pack(const View<S>& v, const PixelRuns& px, int64_t rows, T* tile, int64_t 
   const int64_t L = k.lanes;
   int64_t c0 = 0;
   if constexpr (std::is_same_v<T, S>) {
-    if (v.sc == 1 && px.start.size() == px.offset.size()) {  // channels innermost: transpose
+    if (v.sc == 1) {  // channels innermost: transpose
       const T* src[64];
+      const T* at[64];
       for (int64_t i0 = 0; i0 < len; i0 += L) {
         for (int64_t i = 0; i < L; ++i) src[i] = v.data + px.offset[std::min(i0 + i, len - 1)];
         for (c0 = 0; c0 + L <= rows; c0 += L) {
-          const T* at[64];
           for (int64_t i = 0; i < L; ++i) at[i] = src[i] + c0;
           k.to_tile(at, tile + c0 * ld + i0, ld);
         }
@@ -170,15 +191,11 @@ void pack(const View<S>& v, const PixelRuns& px, int64_t rows, T* tile, int64_t 
       c0 = rows / L * L;
     }
   }
-  const size_t runs = px.start.size();
+  const size_t segments = px.start.size();
   for (int64_t c = c0; c < rows; ++c) {
     const S* src = v.data + c * v.sc;
     T* dst = tile + c * ld;
-    for (size_t r = 0; r < runs; ++r) {
-      const S* s = src + px.start[r];
-      T* d = dst + px.index[r];
-      for (int64_t i = 0; i < px.length[r]; ++i) d[i] = static_cast<T>(s[i]);
-    }
+    for (size_t r = 0; r < segments; ++r) copy_strided(dst + px.index[r], src + px.start[r], px.length[r], px.step[r]);
   }
   if (padded > len)
     for (int64_t c = 0; c < rows; ++c) std::memset(tile + c * ld + len, 0, (padded - len) * sizeof(T));
@@ -191,7 +208,7 @@ void unpack(const T* tile, int64_t ld, int64_t rows, const View<S>& v, const Pix
   const int64_t len = static_cast<int64_t>(px.offset.size());
   const int64_t L = k.lanes;
   if constexpr (std::is_same_v<T, S>) {
-    if (v.sc == 1 && px.start.size() == px.offset.size()) {  // channels innermost: transpose
+    if (v.sc == 1) {  // channels innermost: transpose
       const int64_t full_px = len / L * L, full_c = rows / L * L;
       T* dst[64];
       for (int64_t i0 = 0; i0 < full_px; i0 += L) {
@@ -207,14 +224,15 @@ void unpack(const T* tile, int64_t ld, int64_t rows, const View<S>& v, const Pix
       return;
     }
   }
-  const size_t runs = px.start.size();
+  const size_t segments = px.start.size();
   for (int64_t c = 0; c < rows; ++c) {
     S* dst = v.data + c * v.sc;
     const T* src = tile + c * ld;
-    for (size_t r = 0; r < runs; ++r) {
+    for (size_t r = 0; r < segments; ++r) {
       S* d = dst + px.start[r];
       const T* s = src + px.index[r];
-      for (int64_t i = 0; i < px.length[r]; ++i) d[i] = static_cast<S>(s[i]);
+      const int64_t step = px.step[r];
+      for (int64_t i = 0; i < px.length[r]; ++i) d[i * step] = static_cast<S>(s[i]);
     }
   }
 }
