@@ -481,3 +481,15 @@ def test_forced_forward_rejects_unknown_kind_and_restores_the_rule():
     with torch_path.forced_forward("masked_dense"):
         assert torch_path.uses_masked_dense(geom)
     assert torch_path.uses_masked_dense(geom) == chosen
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_opcheck(layout):
+    """torch.library's own checks of the registration: schema, fake kernel, autograd, AOT dispatch."""
+    x, weight, bias = _inputs(2, 16, 24, 4, dtype=torch.float32)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight.requires_grad_()
+    torch.library.opcheck(torch.ops.scc.scc_conv2d.default, (x, weight, bias, 4, 0.5, None))
+    gy = torch.randn(2, 24, 5, 4)
+    torch.library.opcheck(torch.ops.scc.scc_conv2d_backward.default, (gy, x, weight.detach(), 4, 0.5, None, True, True))

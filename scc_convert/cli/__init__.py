@@ -6,6 +6,8 @@
                                                            recover accuracy (distillation)
     scc-convert export MODEL --format onnx|pt2 -o OUT     standard-op ONNX / torch.export program
     scc-convert demo                                       convert a built-in model, no download
+    scc-convert info                                       versions, devices, SCC implementations
+    scc-convert build-ext                                  build the native CPU kernel now
 
 Exit codes: 0 success, 1 failure (the inputs could not be processed), 2 usage error. Every
 error is one line on stderr (``--debug`` shows the traceback); no partial output file is

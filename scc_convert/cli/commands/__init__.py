@@ -25,6 +25,7 @@ MODULES = (
     "export",
     "demo",
     "info",
+    "build_ext",
 )
 
 

@@ -1,0 +1,249 @@
+"""The native CPU kernel (csrc/) on its own: the ways it cuts and lays out the work, each
+instruction set, determinism, and how it is found, built, forced or replaced by the PyTorch
+path. (tests/test_ops.py runs every op test on it as well.)"""
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+from reference import scc_reference
+from scc_convert.functional import scc_conv2d
+from scc_convert.ops import native
+
+available = native.status()["available"]
+needs_kernel = pytest.mark.skipif(not available, reason=f"native CPU kernel unavailable: {native.status()['reason']}")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _check(x, weight, bias, cg, co, window_of=None, gy=None, tol=1e-10):
+    """Forward and both gradients on the native kernel against the fp64 reference."""
+    leaves = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
+    ref = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    with native.use_backend("native"):
+        y = scc_conv2d(*leaves, cg=cg, co=co, window_of=window_of)
+    y_ref = scc_reference(*ref, cg=cg, co=co, window_of=window_of)
+    gy = torch.randn_like(y_ref) if gy is None else gy
+    with native.use_backend("native"):
+        grads = torch.autograd.grad(y, leaves, gy.to(y.dtype))
+    grads_ref = torch.autograd.grad(y_ref, ref, gy.double())
+    scale = max(1.0, y_ref.abs().max().item())
+    torch.testing.assert_close(y.double(), y_ref, atol=tol * scale, rtol=0)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g.double(), g_ref, atol=tol * max(1.0, g_ref.abs().max().item()), rtol=0)
+    return y, grads
+
+
+# (N, Cin, Cout, cg, co, H, W): how the pixels are cut into blocks
+BLOCKINGS = [
+    (2, 16, 16, 4, 0.5, 8, 8, ),  # per image, whole vectors
+    (3, 16, 24, 4, 0.5, 6, 10),  # per image with a ragged tail (60 pixels)
+    (2, 24, 20, 4, 0.5, 7, 7),  # flattened across images (49 pixels: the tail would waste lanes)
+    (3, 12, 12, 3, 0.0, 3, 3),  # images smaller than a vector
+    (2, 512, 64, 8, 0.5, 16, 17),  # several blocks per image, deep windows (depth blocking)
+    (1, 64, 640, 4, 0.5, 5, 40),  # many outputs per window, one image split for both threads
+    (2, 96, 96, 2, 0.25, 9, 9),  # window starts wrap
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("n,cin,cout,cg,co,h,w", BLOCKINGS)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided", "permuted"])
+def test_blockings_and_layouts_match_reference(n, cin, cout, cg, co, h, w, layout):
+    gen = torch.Generator().manual_seed(cin * h + w)
+    x = torch.randn(n, cin, 2 * h if layout == "strided" else h, w, generator=gen, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = x[:, :, ::2]  # a strided view, as a stride-2 1x1 conv reads it
+    elif layout == "permuted":
+        x = x.transpose(2, 3).contiguous().transpose(2, 3)  # pixels not in row-major order
+    weight = torch.randn(cout, cin // cg, generator=gen, dtype=torch.float64)
+    bias = torch.randn(cout, generator=gen, dtype=torch.float64)
+    y, (gx, _, _) = _check(x, weight, bias, cg, co)
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last) and gx.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_kernel
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_float32_matches_reference_on_model_shapes(layout):
+    for cin, cout, h in [(64, 256, 14), (256, 64, 14), (144, 24, 12), (960, 320, 7)]:
+        x = torch.randn(2, cin, h, h)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        _check(x, torch.randn(cout, cin // 4), torch.randn(cout), 4, 0.5, tol=2e-5)
+
+
+@needs_kernel
+def test_noncontiguous_grad_output_and_custom_window_of():
+    x = torch.randn(2, 16, 6, 10, dtype=torch.float64)
+    window_of = [o % 8 for o in range(24)][::-1]
+    gy = torch.randn(2, 24, 10, 6, dtype=torch.float64).transpose(2, 3)
+    _check(x, torch.randn(24, 4, dtype=torch.float64), torch.randn(24, dtype=torch.float64), 4, 0.5, window_of, gy)
+
+
+@needs_kernel
+def test_weight_gradient_is_the_same_bits_for_any_thread_count():
+    x = torch.randn(8, 128, 28, 28)
+    weight = torch.randn(256, 32)
+    gy = torch.randn(8, 256, 28, 28)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, 2, 1, 2):
+            torch.set_num_threads(t)
+            results.append(native.scc_backward(gy, x, weight, 4, 0.5, None, True, True))
+    finally:
+        torch.set_num_threads(threads)
+    for gx, gw in results[1:]:
+        assert torch.equal(gw, results[0][1]) and torch.equal(gx, results[0][0])
+
+
+_ISA_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    from reference import scc_reference
+    from scc_convert.ops import native
+    assert native.cpu_backend() == "native"
+    print(torch.ops.scc_native.info())
+    for layout in ("nchw", "channels_last"):
+        for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
+            x = torch.randn(3, 48, 6, 10, dtype=dtype)
+            if layout == "channels_last":
+                x = x.contiguous(memory_format=torch.channels_last)
+            w, gy = torch.randn(40, 12, dtype=dtype), torch.randn(3, 40, 6, 10, dtype=dtype)
+            y = native.scc_forward(x, w, None, 4, 0.5, None)
+            gx, gw = native.scc_backward(gy, x, w, 4, 0.5, None, True, True)
+            xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+            yr = scc_reference(xr, wr, None, cg=4, co=0.5)
+            yr.backward(gy.double())
+            for a, b in ((y, yr), (gx, xr.grad), (gw, wr.grad)):
+                assert (a.double() - b).abs().max() <= tol * b.abs().max(), (layout, dtype)
+    print("ok")
+""")
+
+
+@needs_kernel
+@pytest.mark.parametrize("capability,isa", [("default", "portable"), ("avx2", "avx2")])
+def test_every_instruction_set_matches_reference(capability, isa):
+    """ATEN_CPU_CAPABILITY caps the instruction set the kernel picks, so the narrower copies
+    of the micro-kernels run here too."""
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+    env.pop(native.ENV_BACKEND, None)
+    script = _ISA_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split()
+    assert lines[-1] == "ok"
+    if capability == "default" or torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        assert lines[0] == f"isa={isa}"
+
+
+# -- finding, building, forcing, falling back ---------------------------------------------
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """The loader as in a new process, with an empty cache: the choice is made again."""
+    monkeypatch.setattr(native, "_state", None)
+    monkeypatch.setattr(native, "_forced", None)
+    monkeypatch.setenv(native.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.delenv(native.ENV_BACKEND, raising=False)
+    return tmp_path
+
+
+def test_no_compiler_runs_the_pytorch_path_with_one_warning(fresh, monkeypatch):
+    monkeypatch.setattr(native, "_builtin_library", lambda: None)
+    monkeypatch.setenv("CXX", "no-such-compiler-scc")
+    with pytest.warns(RuntimeWarning, match="native CPU kernel is unavailable.*no C\\+\\+ compiler") as caught:
+        assert native.cpu_backend() == "torch"
+    assert len(caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        x, w = torch.randn(2, 8, 3, 3, dtype=torch.float64), torch.randn(8, 4, dtype=torch.float64)
+        torch.testing.assert_close(scc_conv2d(x, w, cg=2, co=0.5), scc_reference(x, w, cg=2, co=0.5), atol=1e-10, rtol=0)
+        assert native.status() == {"available": False, "source": None, "reason": native.status()["reason"]}
+
+
+def test_forced_native_without_a_kernel_is_an_error(fresh, monkeypatch):
+    monkeypatch.setattr(native, "_builtin_library", lambda: None)
+    monkeypatch.setenv("CXX", "no-such-compiler-scc")
+    monkeypatch.setenv(native.ENV_BACKEND, "native")
+    with pytest.raises(RuntimeError, match="SCC_CONVERT_CPU_BACKEND=native, but the native CPU kernel is unavailable"):
+        native.cpu_backend()
+
+
+def test_failed_build_names_its_log_in_one_line(fresh, monkeypatch):
+    from torch.utils import cpp_extension
+
+    def failing_load(**kwargs):
+        raise RuntimeError("Error building extension 'scc_native':\nforward.cpp:1: error: something broke")
+
+    monkeypatch.setattr(cpp_extension, "load", failing_load)
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: True)
+    monkeypatch.setattr(native, "_compiler", lambda: "/usr/bin/c++")
+    with pytest.raises(native.BuildError) as err:
+        native.build()
+    message = str(err.value)
+    assert "\n" not in message and "log: " in message
+    log = message.split("log: ")[1]
+    assert "something broke" in open(log).read()
+
+
+def test_environment_variable_forces_either_and_rejects_others(fresh, monkeypatch):
+    monkeypatch.setenv(native.ENV_BACKEND, "torch")
+    assert native.cpu_backend() == "torch"
+    assert native.status() == {"available": False, "source": None, "reason": "SCC_CONVERT_CPU_BACKEND=torch"}
+    monkeypatch.setattr(native, "_state", None)
+    monkeypatch.setenv(native.ENV_BACKEND, "fast")
+    with pytest.raises(ValueError, match="SCC_CONVERT_CPU_BACKEND='fast' is invalid"):
+        native.cpu_backend()
+
+
+def test_use_backend_switches_and_restores():
+    with native.use_backend("torch"):
+        assert native.cpu_backend() == "torch"
+    with pytest.raises(ValueError, match="backend must be"):
+        with native.use_backend("gpu"):
+            pass
+
+
+@needs_kernel
+def test_forced_native_in_a_new_process_runs_it(tmp_path):
+    env = dict(os.environ, SCC_CONVERT_CPU_BACKEND="native")
+    code = "from scc_convert.ops import native, backends; print(native.cpu_backend(), backends.describe()['implementations']['cpu']['implementation'])"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["native", "native"]
+
+
+@pytest.mark.skipif(native.source_dir() is None, reason="no C++ sources in this installation")
+def test_first_use_builds_into_the_cache_says_so_once_and_build_ext_reuses_it(tmp_path):
+    """The path of an installation without the built-in kernel: a real compile (about a
+    minute on two cores), then `scc-convert build-ext` finds the build in the cache."""
+    env = dict(os.environ, SCC_CONVERT_CACHE=str(tmp_path / "cache"))
+    env.pop(native.ENV_BACKEND, None)
+    code = textwrap.dedent("""
+        import torch
+        from scc_convert.ops import native
+        native._builtin_library = lambda: None  # as if installed without it
+        x, w = torch.randn(2, 8, 4, 4), torch.randn(8, 4)
+        from scc_convert.functional import scc_conv2d
+        scc_conv2d(x, w, cg=2, co=0.5); scc_conv2d(x, w, cg=2, co=0.5)
+        print(native.status()["source"], native.cpu_backend())
+    """)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    if "no C++ compiler" in done.stderr or "ninja not found" in done.stderr:
+        pytest.skip("no C++ toolchain here")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["jit-cache", "native"]
+    assert done.stderr.count("building the native CPU kernel") == 1
+    built = subprocess.run([sys.executable, "-m", "scc_convert", "build-ext"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    assert str(tmp_path / "cache") in built.stdout and built.stdout.strip().endswith(".so")
