@@ -20,6 +20,7 @@ machine's drift cancels). Prints a table and writes ``results/cpu_scc[_models][_
 
     python bench/cpu_scc.py [--shapes bench|resnet50,mobilenet_v2] [--channels-last] [--train]
                             [--batch 16] [--repeats 30] [--threads N] [--cg 4] [--co 0.5]
+                            [--malloc system|keep]
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 from tabulate import tabulate
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import machine, paired_ratio, time_interleaved, write_json  # noqa: E402
+from _common import MALLOC_MODES, machine, paired_ratio, set_malloc, time_interleaved, write_json  # noqa: E402
 
 from scc_convert import SCCConv2d  # noqa: E402
 from scc_convert.ops import native  # noqa: E402
@@ -120,16 +121,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--channels-last", action="store_true", help="run everything in channels_last")
     parser.add_argument("--train", action="store_true", help="time forward + backward (input and weight grads)")
+    parser.add_argument("--malloc", choices=MALLOC_MODES, default="system",
+                        help="keep: malloc keeps freed memory (no page faults per large tensor; see bench/_common.py)")
     args = parser.parse_args(argv)
+    set_malloc(args.malloc)
     if args.threads:
         torch.set_num_threads(args.threads)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     backends = ["native", "torch"] if native.status()["available"] else ["torch"]
     info = machine()
-    info.update(layout="channels_last" if args.channels_last else "NCHW", dtype="float32",
+    info.update(layout="channels_last" if args.channels_last else "NCHW", dtype="float32", malloc=args.malloc,
                 pass_="forward + backward" if args.train else "forward", native=native.status())
     print(f"# {info['cpu']} | {info['threads']} threads | torch {info['torch']} | {info['layout']} | fp32 | "
-          f"{info['pass_']} | {args.repeats} interleaved rounds | native kernel: {native.status()}")
+          f"{info['pass_']} | {args.repeats} interleaved rounds | malloc {args.malloc} | native kernel: {native.status()}")
 
     records, rows = [], []
     totals: dict = collections.defaultdict(float)
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{model}: summed over its 1x1 layers (medians x count): "
               + ", ".join(f"{k} {v:.2f}x" for k, v in s.items()))
     name = ("cpu_scc" + ("" if args.shapes == "bench" else "_models") + ("_channels_last" if args.channels_last else "")
-            + ("_train" if args.train else "") + ".json")
+            + ("_train" if args.train else "") + ("" if args.malloc == "system" else f"_malloc_{args.malloc}") + ".json")
     path = write_json(name, {"machine": info, "repeats": args.repeats, "summary": summary, "results": records})
     print(f"raw results: {path}")
     return 0

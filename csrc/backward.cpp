@@ -22,6 +22,8 @@ namespace {
 // Pixels per block: the block's rows of all tensors in about this many bytes (L2).
 constexpr int64_t kBlockBytes = 512 * 1024;
 constexpr int64_t kMaxBlock = 1024;
+// Work (multiply-adds) below which a thread is not worth waking (see forward.cpp).
+constexpr int64_t kParallelMacs = 1 << 19;
 // At most this many partial weight gradients, of at most this many bytes together.
 constexpr int64_t kMaxChunks = 16;
 constexpr int64_t kPartialBytes = 64 << 20;
@@ -48,7 +50,7 @@ struct Backward {
       : gy(gy_), x(x_), weight(w_), win(win_), gx(gx_), weight_grad(weight_grad_) {}
 
   void run() {
-    const int64_t L = k.lanes, threads = at::get_num_threads();
+    const int64_t L = k.lanes;
     cd = win.count;
     gw = win.width;
     cin = x.c;
@@ -58,7 +60,9 @@ struct Backward {
     const bool per_image = cut_per_image(x.pixels(), L, gy_place || x_place || gx_place);
     const int64_t rows = cout + (gx || weight_grad ? cin : 0);
     const int64_t target = std::clamp<int64_t>(kBlockBytes / (rows * int64_t(sizeof(T))), 4 * L, kMaxBlock);
-    const Blocks blocks(x.n, x.pixels(), per_image, L, target, 2 * threads);
+    // The cut depends on the problem only, never on the thread count (the weight gradient's
+    // sums follow the blocks).
+    const Blocks blocks(x.n, x.pixels(), per_image, L, target, kMaxChunks);
     ld = packed_ld(blocks.size + L, L, sizeof(T));
 
     // Offsets the micro-kernels read, in window order (output i of the table is outputs[i]).
@@ -97,7 +101,9 @@ struct Backward {
     partial.assign(weight_grad ? chunks * cout * gw : 0, T(0));
     const size_t scratch_elems = size_t((cout + 2 * cin) * ld);
 
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t chunk_macs = blocks.count / chunks * blocks.size * cout * gw * ((gx ? 1 : 0) + (weight_grad ? 1 : 0));
+    at::parallel_for(0, chunks, std::max<int64_t>(1, kParallelMacs / std::max<int64_t>(1, chunk_macs)),
+                     [&](int64_t begin, int64_t end) {
       T* scratch = static_cast<T*>(thread_scratch(scratch_elems * sizeof(T)));
       PixelRuns px;
       for (int64_t chunk = begin; chunk < end; ++chunk) {
@@ -113,7 +119,7 @@ struct Backward {
     });
 
     if (weight_grad) {  // sum the partials in chunk order; row i of a partial is output outputs[i]
-      at::parallel_for(0, cout, 16, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, cout, std::max<int64_t>(16, kParallelMacs / (chunks * gw)), [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
           T* dst = weight_grad + win.outputs[i] * gw;
           const T* src = partial.data() + i * gw;

@@ -19,6 +19,8 @@ constexpr int64_t kInputTileBytes = 192 * 1024;
 // step in about this many bytes (L1).
 constexpr int64_t kPanelBytes = 24 * 1024;
 constexpr int64_t kMaxBlock = 1024;
+// Work (multiply-adds) below which a thread is not worth waking: small layers run serially.
+constexpr int64_t kParallelMacs = 1 << 19;
 
 template <typename T, typename S>
 struct Forward {
@@ -67,7 +69,8 @@ struct Forward {
     }
 
     const size_t scratch_elems = size_t((cin + cout) * ld);
-    at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
+    const int64_t grain = std::max<int64_t>(1, kParallelMacs / (blocks.size * cout * gw));
+    at::parallel_for(0, blocks.count, grain, [&](int64_t begin, int64_t end) {
       T* scratch = static_cast<T*>(thread_scratch(scratch_elems * sizeof(T)));
       PixelRuns px;
       for (int64_t b = begin; b < end; ++b) {

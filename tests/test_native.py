@@ -88,14 +88,15 @@ def test_noncontiguous_grad_output_and_custom_window_of():
 
 
 @needs_kernel
-def test_weight_gradient_is_the_same_bits_for_any_thread_count():
-    x = torch.randn(8, 128, 28, 28)
-    weight = torch.randn(256, 32)
-    gy = torch.randn(8, 256, 28, 28)
+@pytest.mark.parametrize("n,cin,cout,hw", [(8, 128, 256, 28), (1, 64, 64, 14)])
+def test_weight_gradient_is_the_same_bits_for_any_thread_count(n, cin, cout, hw):
+    x = torch.randn(n, cin, hw, hw)
+    weight = torch.randn(cout, cin // 4)
+    gy = torch.randn(n, cout, hw, hw)
     threads = torch.get_num_threads()
     results = []
     try:
-        for t in (1, 2, 1, 2):
+        for t in (1, 2, 1, 2, 3):
             torch.set_num_threads(t)
             results.append(native.scc_backward(gy, x, weight, 4, 0.5, None, True, True))
     finally:
