@@ -111,6 +111,38 @@ def time_case(case: dict, fmt: torch.memory_format, train: bool, repeats: int, b
     return {**case, "timings": t, "ratios": ratios}
 
 
+def targets(records: list[dict], summary: dict, args, backend: str) -> list[str]:
+    """Issue 12's targets, each with its measured number and met or not."""
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    lines = []
+    if args.train:
+        for r in records:
+            ratio = 1 / r["ratios"][f"grouped/{backend}"]["median"]
+            lines.append(f"training step {r['cin']}ch {r['h']}x{r['h']} cg={r['cg']}: SCC/grouped {ratio:.2f}x "
+                         f"(target <= 1.1x): {verdict(ratio <= 1.1)}")
+        return lines
+    if args.shapes == "bench":
+        return lines
+    for model, s in summary.items():
+        if model in ("targets",):
+            continue
+        v = s[f"dense/{backend}"]
+        lines.append(f"{model}: summed dense/SCC {v:.2f}x (target >= 3.0x): {verdict(v >= 3.0)}")
+    worst = min(records, key=lambda r: r["ratios"][f"grouped/{backend}"]["median"])
+    w = worst["ratios"][f"grouped/{backend}"]["median"]
+    lines.append(f"slowest layer against its grouped conv: {worst['model']} {worst['cin']}->{worst['cout']} "
+                 f"{worst['h'] // worst['stride']}x{worst['h'] // worst['stride']}: grouped/SCC {w:.2f}x "
+                 f"(target >= 1.0x for every layer): {verdict(w >= 1.0)}")
+    for r in records:
+        if (r["cin"], r["cout"], r["h"] // r["stride"]) in EXPANSIONS:
+            v = r["ratios"][f"dense/{backend}"]["median"]
+            lines.append(f"expansion {r['cin']}->{r['cout']} {r['h']}x{r['h']}: dense/SCC {v:.2f}x "
+                         f"(target >= 2.5x): {verdict(v >= 2.5)}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="bench", help="'bench', or torchvision model names (comma-separated)")
@@ -159,12 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     headers += [f"dense/SCC {n}", f"grouped/SCC {n}"] + (["torch/native"] if len(backends) == 2 else [])
     print(tabulate(rows, headers=headers))
     summary = {}
-    for model in dict.fromkeys(c["model"] for c in records):
-        s = {f"dense/{b}": totals[(model, "dense")] / totals[(model, f"scc_{b}")] for b in backends}
-        s.update({f"grouped/{b}": totals[(model, "grouped")] / totals[(model, f"scc_{b}")] for b in backends})
+    models = list(dict.fromkeys(c["model"] for c in records))
+    for model in models + (["all"] if len(models) > 1 else []):
+        names = models if model == "all" else [model]
+        total = {key: sum(totals[(m, key)] for m in names) for key in ["dense", "grouped"] + [f"scc_{b}" for b in backends]}
+        s = {f"dense/{b}": total["dense"] / total[f"scc_{b}"] for b in backends}
+        s.update({f"grouped/{b}": total["grouped"] / total[f"scc_{b}"] for b in backends})
         summary[model] = s
         print(f"{model}: summed over its 1x1 layers (medians x count): "
               + ", ".join(f"{k} {v:.2f}x" for k, v in s.items()))
+    summary["targets"] = targets(records, summary, args, n)
+    for line in summary["targets"]:
+        print(line)
     name = ("cpu_scc" + ("" if args.shapes == "bench" else "_models") + ("_channels_last" if args.channels_last else "")
             + ("_train" if args.train else "") + ("" if args.malloc == "system" else f"_malloc_{args.malloc}") + ".json")
     path = write_json(name, {"machine": info, "repeats": args.repeats, "summary": summary, "results": records})

@@ -261,7 +261,7 @@ def scc_forward(input: Tensor, weight: Tensor, bias: Tensor | None, cg: int, co:
     """The SCC forward on the native kernel (the contract of ``torch_path.scc_forward``)."""
     geom = common.geometry_for(input, weight, cg, co)
     table = _window_table(geom, None if window_of is None else tuple(window_of))
-    return torch.ops.scc_native.forward(input, weight, bias, table, _channels_last(input))
+    return torch.ops.scc_native.forward.default(input, weight, bias, table, _channels_last(input))
 
 
 def scc_backward(grad_output: Tensor, input: Tensor, weight: Tensor, cg: int, co: float,
@@ -269,6 +269,6 @@ def scc_backward(grad_output: Tensor, input: Tensor, weight: Tensor, cg: int, co
     """The SCC backward on the native kernel (the contract of ``torch_path.scc_backward``)."""
     geom = common.geometry_for(input, weight, cg, co)
     table = _window_table(geom, None if window_of is None else tuple(window_of))
-    return torch.ops.scc_native.backward(
+    return torch.ops.scc_native.backward.default(
         grad_output, input, weight, table, _channels_last(input), input_grad, weight_grad
     )
