@@ -16,7 +16,8 @@ at least 3.0x; no layer slower than its grouped conv; the expansion layers 64->2
 both gradients) SCC within 1.1x of the grouped conv.
 
 All four run round-robin; ratios are medians of per-round ratios (paired: the shared
-machine's drift cancels). Prints a table and writes ``results/cpu_scc[_models][_channels_last][_train].json``.
+machine's drift cancels). Prints a table and writes
+``results/cpu_scc[_models][_channels_last][_train][_malloc_keep][_tN].json``.
 
     python bench/cpu_scc.py [--shapes bench|resnet50,mobilenet_v2] [--channels-last] [--train]
                             [--batch 16] [--repeats 30] [--threads N] [--cg 4] [--co 0.5]
@@ -204,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     for line in summary["targets"]:
         print(line)
     name = ("cpu_scc" + ("" if args.shapes == "bench" else "_models") + ("_channels_last" if args.channels_last else "")
-            + ("_train" if args.train else "") + ("" if args.malloc == "system" else f"_malloc_{args.malloc}") + ".json")
+            + ("_train" if args.train else "") + ("" if args.malloc == "system" else f"_malloc_{args.malloc}")
+            + (f"_t{args.threads}" if args.threads else "") + ".json")
     path = write_json(name, {"machine": info, "repeats": args.repeats, "summary": summary, "results": records})
     print(f"raw results: {path}")
     return 0

@@ -6,7 +6,8 @@ converted on the native CPU kernel, converted on the PyTorch path, original, ...
 each median it reports the median of the per-round ratios original/converted, which cancels
 the drift of a shared machine. Weights are random (no download); BatchNorm is left unfused in
 both. Also the per-call time of one SCC layer on a 1x8x1x1 input (the op's overhead at batch
-1) on each implementation. Prints a table and writes ``results/eager_models.json``.
+1) on each implementation. Prints a table and writes
+``results/eager_models[_malloc_keep][_tN].json``.
 
 Issue 12's targets: converted ResNet-50 at least 1.5x faster than the original at batch 16
 and 1, MobileNetV2 at least 1.4x; the native op's per-call overhead under 10 us.
@@ -34,20 +35,31 @@ import scc_convert  # noqa: E402
 from scc_convert.ops import native  # noqa: E402
 
 
-def call_overhead_us(backend: str, calls: int = 20000) -> float:
-    """Median over 5 runs of the time per call of a tiny SCC layer (1x8x1x1 input), in us."""
+def call_overhead_us(backend: str, calls: int = 20000) -> dict[str, float]:
+    """Per-call time (us, median of 5 runs) on a 1x8x1x1 input, where the work is negligible:
+    the ``SCCConv2d`` layer, the op's CPU entry point (``backends.cpu_forward``, what the layer
+    calls in eager inference), and ``torch.relu`` on the same input as a yardstick of one
+    PyTorch call on this machine at this moment."""
+    from scc_convert.ops import backends
+
     layer = scc_convert.SCCConv2d(8, 8, 2, 0.5).eval()
     x = torch.randn(1, 8, 1, 1)
-    runs = []
+    w = layer.weight.detach()
+    fns = {"layer": lambda: layer(x), "op": lambda: backends.cpu_forward(x, w, None, 2, 0.5, None),
+           "torch.relu": lambda: torch.relu(x)}
+    out = {}
     with torch.inference_mode(), native.use_backend(backend):
-        for _ in range(200):
-            layer(x)
-        for _ in range(5):
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                layer(x)
-            runs.append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(runs)
+        for name, fn in fns.items():
+            for _ in range(200):
+                fn()
+            runs = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                runs.append((time.perf_counter() - t0) / calls * 1e6)
+            out[name] = statistics.median(runs)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
           f"cg={args.cg} co={args.co} | {args.repeats} interleaved rounds | malloc {args.malloc} | "
           f"native kernel: {native.status()}")
     overhead = {b: call_overhead_us(b) for b in backends}
-    print("per-call time of one SCC layer on a 1x8x1x1 input: "
-          + ", ".join(f"{b} {us:.1f} us" for b, us in overhead.items()))
+    for b, us in overhead.items():
+        print(f"per-call time on a 1x8x1x1 input, {b}: " + ", ".join(f"{k} {v:.1f} us" for k, v in us.items()))
     rows, records = [], []
     torch.manual_seed(0)
     for name in args.models.split(","):
@@ -102,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     headers = ["model", "batch", "SCC layers", "original ms"] + [f"converted {b} ms" for b in backends]
     headers += [f"speed-up {b} (median [IQR] per-round)" for b in backends]
     print(tabulate(rows, headers=headers))
-    name = "eager_models" + ("" if args.malloc == "system" else f"_malloc_{args.malloc}") + ".json"
+    name = ("eager_models" + ("" if args.malloc == "system" else f"_malloc_{args.malloc}")
+            + (f"_t{args.threads}" if args.threads else "") + ".json")
     path = write_json(name, {"machine": info, "repeats": args.repeats, "cg": args.cg, "co": args.co,
                              "call_overhead_us": overhead, "results": records})
     print(f"raw results: {path}")
