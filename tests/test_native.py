@@ -171,6 +171,24 @@ def test_no_compiler_runs_the_pytorch_path_with_one_warning(fresh, monkeypatch):
         assert native.status() == {"available": False, "source": None, "reason": native.status()["reason"]}
 
 
+def test_calling_the_kernel_when_it_is_unavailable_says_why(fresh, monkeypatch):
+    monkeypatch.setattr(native, "_builtin_library", lambda: None)
+    monkeypatch.setenv(native.ENV_BACKEND, "torch")
+    with pytest.raises(RuntimeError, match="native CPU kernel is unavailable: SCC_CONVERT_CPU_BACKEND=torch"):
+        native.scc_forward(torch.randn(1, 8, 2, 2), torch.randn(8, 4), None, 2, 0.5, None)
+
+
+@needs_kernel
+def test_first_call_loads_the_kernel_in_a_new_process():
+    code = ("import torch; from scc_convert.ops import native; "
+            "print(tuple(native.scc_forward(torch.randn(1, 8, 2, 2), torch.randn(8, 4), None, 2, 0.5, None).shape))")
+    env = dict(os.environ)
+    env.pop(native.ENV_BACKEND, None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(1, 8, 2, 2)"
+
+
 def test_forced_native_without_a_kernel_is_an_error(fresh, monkeypatch):
     monkeypatch.setattr(native, "_builtin_library", lambda: None)
     monkeypatch.setenv("CXX", "no-such-compiler-scc")

@@ -252,6 +252,11 @@ def _window_table(geom: SCCGeometry, window_of: tuple[int, ...] | None) -> Tenso
     return torch.tensor(flat, dtype=torch.long)
 
 
+def _require() -> None:
+    if not _resolve()["available"]:
+        raise RuntimeError(f"the native CPU kernel is unavailable: {_resolve()['reason']}")
+
+
 def _channels_last(input: Tensor) -> bool:
     return common.output_memory_format(input) == torch.channels_last
 
@@ -259,6 +264,7 @@ def _channels_last(input: Tensor) -> bool:
 def scc_forward(input: Tensor, weight: Tensor, bias: Tensor | None, cg: int, co: float,
             window_of: Sequence[int] | None) -> Tensor:
     """The SCC forward on the native kernel (the contract of ``torch_path.scc_forward``)."""
+    _require()
     geom = common.geometry_for(input, weight, cg, co)
     table = _window_table(geom, None if window_of is None else tuple(window_of))
     return torch.ops.scc_native.forward.default(input, weight, bias, table, _channels_last(input))
@@ -267,6 +273,7 @@ def scc_forward(input: Tensor, weight: Tensor, bias: Tensor | None, cg: int, co:
 def scc_backward(grad_output: Tensor, input: Tensor, weight: Tensor, cg: int, co: float,
              window_of: Sequence[int] | None, input_grad: bool, weight_grad: bool) -> tuple[Tensor, Tensor]:
     """The SCC backward on the native kernel (the contract of ``torch_path.scc_backward``)."""
+    _require()
     geom = common.geometry_for(input, weight, cg, co)
     table = _window_table(geom, None if window_of is None else tuple(window_of))
     return torch.ops.scc_native.backward.default(
