@@ -86,6 +86,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from .geometry import SCCGeometry
+from .inputs import as_inputs, find_example_inputs
 
 __all__ = [
     "ExportCheckError",
@@ -317,12 +318,24 @@ _decomposition_override: contextvars.ContextVar[str | None] = contextvars.Contex
 # -- shared helpers -----------------------------------------------------------------------
 
 
-def _as_inputs(example_input: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
-    inputs = (example_input,) if isinstance(example_input, Tensor) else tuple(example_input)
+def _as_inputs(model: nn.Module, example_input: Tensor | Sequence[Tensor] | Sequence[int] | None) -> tuple[Tensor, ...]:
+    """The example inputs: given, made from a shape, or (``None``) found as
+    :func:`scc_convert.inputs.find_example_inputs` does."""
+    if example_input is None:
+        with _eval_mode(model):
+            found = find_example_inputs(model)
+        if found.inputs is None:
+            raise ValueError(f"export: no example_input given, and {found.describe()}")
+        return found.inputs
+    param = next((t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()), None)
+    try:
+        inputs = as_inputs(example_input, *((param.device, param.dtype) if param is not None else ()))
+    except TypeError:
+        inputs = ()
     if not inputs or not all(isinstance(t, Tensor) for t in inputs):
         raise TypeError(
-            "example_input must be a Tensor or a tuple of Tensors (the model's positional inputs), "
-            f"got {type(example_input).__name__}"
+            "example_input must be a Tensor, a tuple of Tensors (the model's positional inputs) or a shape "
+            f"such as (1, 3, 224, 224), got {type(example_input).__name__}"
         )
     return inputs
 
@@ -447,7 +460,7 @@ def _check_batches(inputs: tuple[Tensor, ...], dynamic_batch: bool) -> list[tupl
 
 def export_onnx(
     model: nn.Module,
-    example_input: Tensor | Sequence[Tensor],
+    example_input: Tensor | Sequence[Tensor] | Sequence[int] | None,
     path: str | os.PathLike,
     *,
     opset: int | None = None,
@@ -467,8 +480,10 @@ def export_onnx(
 
     Args:
         model: any ``nn.Module``, with or without ``SCCConv2d`` layers.
-        example_input: a tensor (NCHW or channels_last; ONNX has no memory format) or a tuple
-            of the model's positional input tensors.
+        example_input: a tensor (NCHW or channels_last; ONNX has no memory format), a tuple
+            of the model's positional input tensors, a shape such as ``(1, 3, 224, 224)``
+            (random input), or ``None`` to use the size the model declares or runs on
+            (:func:`scc_convert.inputs.find_example_inputs`).
         path: the ``.onnx`` file; written atomically (a temporary file, then a rename) and
             only after the check passed. Models over 2 GB keep their weights in ``<path>.data``.
         opset: ONNX opset (>= 13); ``None``: the exporter's default.
@@ -498,7 +513,7 @@ def export_onnx(
     path = Path(path)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    inputs = _as_inputs(example_input)
+    inputs = _as_inputs(model, example_input)
     _check_decomposition(decomposition)
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < _MIN_OPSET):
         raise ValueError(f"opset={opset!r} is not supported: the SCC decomposition needs opset >= {_MIN_OPSET}")
@@ -621,7 +636,7 @@ def _check_onnx(path: Path, expected: list[tuple[tuple[Tensor, ...], list[Tensor
 
 def export_program(
     model: nn.Module,
-    example_input: Tensor | Sequence[Tensor],
+    example_input: Tensor | Sequence[Tensor] | Sequence[int] | None,
     path: str | os.PathLike,
     *,
     dynamic_batch: bool = True,
@@ -636,7 +651,8 @@ def export_program(
 
     Args:
         model: any ``nn.Module``.
-        example_input: a tensor or a tuple of the model's positional input tensors.
+        example_input: a tensor, a tuple of the model's positional input tensors, a shape,
+            or ``None`` (as in :func:`export_onnx`).
         path: the ``.pt2`` file.
         dynamic_batch: export dim 0 of every input as one dynamic dimension ``batch``.
         check: load the saved file back and compare its outputs with the model's on
@@ -656,7 +672,7 @@ def export_program(
     path = Path(path)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    inputs = _as_inputs(example_input)
+    inputs = _as_inputs(model, example_input)
     trace_inputs = _resized(inputs, 2) if dynamic_batch and _batch_size(inputs) < 2 else inputs
     dynamic_shapes = None
     if dynamic_batch:

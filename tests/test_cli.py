@@ -186,3 +186,33 @@ def test_export_command(files, tmp_path, fmt):
     assert code == 0 and out.exists() and f"wrote {out}" in stdout, err
     code, _, err = run("export", small, "--trust-pickle", "--format", fmt, "-o", out, "--input-shape", SHAPE)
     assert code == 1 and "--force" in one_error_line(err)
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    """The package's CIFAR MobileNet as a state_dict: it runs on 32x32 only."""
+    from scc_convert.models import cifar_mobilenet
+
+    d = tmp_path_factory.mktemp("cifar")
+    torch.manual_seed(0)
+    torch.save(cifar_mobilenet().state_dict(), d / "cifar.pt")
+    return d / "cifar.pt"
+
+
+CIFAR_ARCH = "scc_convert.models:cifar_mobilenet"
+
+
+def test_commands_find_the_input_size_of_a_cifar_net(cifar, tmp_path):
+    out = tmp_path / "small.pt"
+    code, stdout, err = run(cifar, "--arch", CIFAR_ARCH, "-o", out, "--profile")
+    assert code == 0 and err == "", err
+    assert "at input (1, 3, 32, 32) (the first size it ran on" in stdout and "input: (1, 3, 32, 32)" in stdout
+    code, stdout, err = run("profile", cifar, out, "--arch", CIFAR_ARCH, "--trust-pickle", "--no-latency", "--json")
+    assert code == 0 and err == "", err
+    assert json.loads(stdout)["settings"]["input_shape"] == [1, 3, 32, 32]
+    code, _, err = run("export", out, "--trust-pickle", "--format", "pt2", "-o", tmp_path / "small.pt2")
+    assert code == 0 and err == "", err
+    assert torch.export.load(tmp_path / "small.pt2").module()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    code, stdout, err = run("finetune", out, "--trust-pickle", "--data", "digits", "--steps", "1", "--batch-size", "4",
+                            "-o", tmp_path / "ft.pt", "--quiet")
+    assert code == 0 and err == "", err

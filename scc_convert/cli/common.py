@@ -1,4 +1,4 @@
-"""What several subcommands do the same way: print, load a model, make an example input,
+"""What several subcommands do the same way: print, load a model, find its input shape,
 guard an output path, write a JSON report."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from .parser import DTYPES, CLIError
@@ -32,8 +31,16 @@ def load(path: str, args: argparse.Namespace) -> nn.Module:
     return model.to(device=args.device, dtype=DTYPES[args.dtype]).eval()
 
 
-def example(args: argparse.Namespace) -> torch.Tensor:
-    return torch.randn(*args.input_shape, device=args.device, dtype=DTYPES[args.dtype])
+def input_shape(model: nn.Module, given: tuple[int, ...] | None) -> tuple[int, ...]:
+    """``given`` (``--input-shape``), else the shape :func:`scc_convert.inputs.find_example_inputs` finds."""
+    if given is not None:
+        return given
+    from ..inputs import find_example_inputs
+
+    found = find_example_inputs(model)
+    if found.inputs is None:
+        raise CLIError(f"no --input-shape given, and {found.describe()}", 1)
+    return found.shape
 
 
 def check_output(out: Path, source: str | Path, force: bool) -> None:

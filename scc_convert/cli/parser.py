@@ -74,7 +74,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input-shape", type=shape, default=(1, 3, 224, 224), help="N,C,H,W of the example input (default 1,3,224,224)")
+    p.add_argument("--input-shape", type=shape, default=None,
+                   help="N,C,H,W of the example input (default: the size the model declares, else the first "
+                        "of 224, 32, 64, 96, 128, 160 square pixels it runs on)")
     p.add_argument("--device", type=device, default=torch.device("cpu"), help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model and input dtype (default float32)")
 

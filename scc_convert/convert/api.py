@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..geometry import SCCGeometry
+from ..inputs import ExampleInputs, find_example_inputs, run_for_shapes
 from ..nn import DWSCCConv2d, SCCConv2d
 from . import calibrate
 from .patterns import Candidate, find_candidates
@@ -68,8 +69,10 @@ def convert(
         calib_data: input batches (a tensor, or an iterable of tensors / ``(input, label)``
             pairs; labels are ignored) for ``init="lsq"`` and ``recalibrate_bn``.
         recalibrate_bn: re-estimate BatchNorm running statistics on ``calib_data`` afterwards.
-        example_inputs: an input (or tuple of inputs) to count MACs on; default
-            ``1x3x224x224`` when the model's first conv takes 3 channels.
+        example_inputs: an input, a tuple of inputs, or a shape such as ``(1, 3, 32, 32)``
+            to count MACs on. Default: the size the model declares, else the first of
+            224, 32, 64, 96, 128, 160 (square) it runs on (:mod:`scc_convert.inputs`); when
+            none runs the model is converted anyway and the report says MACs are unknown.
         inplace: modify ``model`` itself.
         progress: progress bar for calibration (default: when stderr is a terminal).
 
@@ -110,13 +113,10 @@ def convert(
     param = next(target.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    inputs = _example_inputs(example_inputs, candidates, device, dtype)
 
     records = {c.name: _record(c, d, geoms.get(c.name)) for c, d in zip(candidates, decisions)}
-    shapes: dict[str, tuple[int, ...]] = {}
     with _eval_mode(target), torch.no_grad():
-        if inputs is not None:
-            shapes = _count_before(target, candidates, records, inputs)
+        shapes, found = _count_before(target, candidates, records, example_inputs)
         todo = [c for c, d in zip(candidates, decisions) if d.convert]
         if init == "lsq":
             _convert_lsq(target, todo, geoms, records, calib_data, device, dtype, progress)
@@ -130,7 +130,7 @@ def convert(
     _count_after(records, geoms, shapes)
     report = ConversionReport(
         layers=list(records.values()), cg=cg, co=float(co), init=init, patterns=patterns,
-        input_shape=None if inputs is None else tuple(inputs[0].shape), trace=trace.mode,
+        input_shape=found.shape, input_note=found.describe(), trace=trace.mode,
         trace_failures=trace.failures, seconds=time.perf_counter() - started,
     )
     return target, report
@@ -261,15 +261,6 @@ def _eval_mode(model: nn.Module):
             m.training = f
 
 
-def _example_inputs(example_inputs, candidates: list[Candidate], device, dtype) -> tuple | None:
-    if example_inputs is not None:
-        return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    first = candidates[0].module if candidates else None
-    if first is not None and first.in_channels == 3:
-        return (torch.zeros(1, 3, 224, 224, device=device, dtype=dtype),)
-    return None
-
-
 def _record(c: Candidate, d: Decision, geom: SCCGeometry | None) -> LayerRecord:
     conv = c.module
     params = sum(p.numel() for p in conv.parameters())
@@ -296,34 +287,25 @@ def _shape_hook(store: dict[str, tuple[int, ...]], name: str):
     return hook
 
 
-def _run_for_shapes(model: nn.Module, inputs: tuple) -> None:
-    """One forward for the output shapes: on fake tensors (no arithmetic) when the model
-    allows it, else for real."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    try:
-        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-            model(*(mode.from_tensor(t) if isinstance(t, Tensor) else t for t in inputs))
-        return
-    except Exception:  # noqa: BLE001 - data-dependent or fake-unsupported ops: run for real
-        pass
-    model(*inputs)
-
-
 def _count_before(
-    model: nn.Module, candidates: list[Candidate], records: dict[str, LayerRecord], inputs: tuple
-) -> dict[str, tuple[int, ...]]:
-    """Run the original model once; MACs of each candidate from its output size (returned)."""
+    model: nn.Module, candidates: list[Candidate], records: dict[str, LayerRecord], given
+) -> tuple[dict[str, tuple[int, ...]], ExampleInputs]:
+    """Run the original model once on the example input (given, declared or found by trying
+    sizes); MACs of each candidate from its output size. Returns the output shapes."""
     outputs: dict[str, tuple[int, ...]] = {}
+
+    def attempt(inputs: tuple) -> None:
+        outputs.clear()  # a failed size may have reached some layers
+        run_for_shapes(model, inputs)
+
     handles = [c.module.register_forward_hook(_shape_hook(outputs, c.name)) for c in candidates]
     try:
-        _run_for_shapes(model, inputs)
-    except Exception as err:
-        shapes = ", ".join(str(tuple(t.shape)) for t in inputs if isinstance(t, Tensor))
-        raise ValueError(f"the model failed on an example input of shape {shapes}: {type(err).__name__}: {err}") from err
+        found = find_example_inputs(model, given, run=attempt)
     finally:
         for h in handles:
             h.remove()
+    if found.inputs is None:
+        outputs.clear()
     for c in candidates:
         conv, rec = c.module, records[c.name]
         shape = outputs.get(c.name)
@@ -332,7 +314,7 @@ def _count_before(
         pixels = shape[0] * shape[2] * shape[3]
         rec.macs_before = pixels * conv.out_channels * conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
         rec.macs_after = rec.macs_before
-    return outputs
+    return outputs, found
 
 
 def _count_after(records: dict[str, LayerRecord], geoms: dict[str, SCCGeometry], shapes: dict[str, tuple[int, ...]]) -> None:

@@ -47,6 +47,8 @@ class ConversionReport:
         layers: one :class:`LayerRecord` per candidate, in network order.
         cg, co, init, patterns: the settings used.
         input_shape: the example input the MACs were counted on (``None``: not counted).
+        input_note: where that input came from (given, declared by the model, found by
+            trying sizes), or why there is none and how to give one.
         trace: ``"fx"`` (whole model traced), ``"partial"`` or ``"modules"`` (module order).
         trace_failures: module name -> tracing error, for the parts that did not trace.
         seconds: wall time of the conversion.
@@ -59,6 +61,7 @@ class ConversionReport:
     patterns: tuple[str, ...]
     input_shape: tuple[int, ...] | None
     trace: str
+    input_note: str = ""
     trace_failures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -113,8 +116,9 @@ class ConversionReport:
             f"SCC conversion: {len(self.converted)} of {len(self.layers)} candidate layers converted "
             f"(cg={self.cg}, co={self.co}, init={self.init}, patterns={','.join(self.patterns)}, {self.seconds:.2f} s)",
             table,
-            f"candidate layers: params {_pair(t['params_before'], t['params_after'])}"
-            + (f", MACs {_pair(t['macs_before'], t['macs_after'])} at input {tuple(self.input_shape)}" if self.input_shape else ""),
+            f"candidate layers: params {_pair(t['params_before'], t['params_after'])}, "
+            + (f"MACs {_pair(t['macs_before'], t['macs_after'])} at {self.input_note}" if self.input_shape
+               else f"MACs unknown: {self.input_note}"),
             "MACs = multiply-accumulates (FLOPs = 2 x MACs), bias excluded. kept: share of squared "
             "weight magnitude kept (slice/energy) or calibration error (lsq, residual / output variance).",
         ]

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..inputs import find_example_inputs
 from .counting import count, layer_rows, size_bytes, unique
 from .report import ProfileReport
 from .results import BatchProfile, LayerProfile, ModelProfile
@@ -112,7 +113,7 @@ def profile(
     before: nn.Module,
     after: nn.Module | None = None,
     *,
-    input_shape: Sequence[int] = (1, 3, 224, 224),
+    input_shape: Sequence[int] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = torch.float32,
     batch_sizes: Sequence[int] | None = None,
@@ -129,7 +130,9 @@ def profile(
         before: the model (the original, when comparing).
         after: the converted model, or ``None`` to profile ``before`` alone.
         input_shape: NCHW shape of the random input (``N`` is the batch size unless
-            ``batch_sizes`` is given).
+            ``batch_sizes`` is given). ``None``: the size ``before`` declares, else the first
+            of 224, 32, 64, 96, 128, 160 (square, batch 1) it runs on
+            (:func:`scc_convert.inputs.find_example_inputs`).
         device: where to run; ``None`` means where ``before``'s parameters live (CPU if it
             has none). Models elsewhere are copied there; the caller's models are never moved.
         dtype: floating dtype of parameters and input (``None``: keep the models' own).
@@ -150,7 +153,8 @@ def profile(
     Raises:
         TypeError: a model is not an ``nn.Module``.
         ValueError: a bad ``input_shape``/``batch_sizes``/``device``/``warmup``/``repeats``,
-            or a model that fails on the input (the message names the shape and the error).
+            a model that fails on the input (the message names the shape and the error), or
+            no ``input_shape`` given and none found.
 
     Example:
         >>> import torch
@@ -168,10 +172,9 @@ def profile(
         if not isinstance(example_input, Tensor) or example_input.dim() == 0:
             raise ValueError("profile: example_input must be a tensor with a batch dimension")
         input_shape = tuple(example_input.shape)
-    shape = _check_positive_ints("input_shape", input_shape, "(1, 3, 224, 224)")
-    batches = tuple(dict.fromkeys(
-        _check_positive_ints("batch_sizes", batch_sizes, "(1, 8, 32)") if batch_sizes is not None else (shape[0],)
-    ))
+    shape = None if input_shape is None else _check_positive_ints("input_shape", input_shape, "(1, 3, 224, 224)")
+    if batch_sizes is not None:
+        batch_sizes = _check_positive_ints("batch_sizes", batch_sizes, "(1, 8, 32)")
     for name, value, low in (("warmup", warmup, 0), ("repeats", repeats, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"profile: {name}={value!r} is invalid: expected an int >= {low}")
@@ -184,9 +187,16 @@ def profile(
     modes = {label: m.training for label, m in models.items()}
     in_dtype = _input_dtype(models["before"], dtype)
     warn: list[str] = []
+    source = "given"
     try:
         for m in models.values():
             m.eval()
+        if shape is None:
+            found = find_example_inputs(models["before"], device=dev, dtype=in_dtype)
+            if found.inputs is None:
+                raise ValueError(f"profile: no input_shape given, and {found.describe()}")
+            shape, source = found.shape, found.source
+        batches = tuple(dict.fromkeys(batch_sizes if batch_sizes is not None else (shape[0],)))
         results = _measure(models, shape, example_input, batches, dev, in_dtype, train, latency, warmup, repeats)
     finally:
         for label, m in models.items():
@@ -215,6 +225,7 @@ def profile(
     }
     settings = {
         "input_shape": list(shape),
+        "input_source": source,
         "batch_sizes": list(batches),
         "train": bool(train),
         "latency": bool(latency),

@@ -17,6 +17,7 @@ CONVENTION = (
     "MACs = multiply-accumulates, FLOPs = 2 x MACs; bias adds not counted; BatchNorm, "
     "activations, pooling and elementwise ops count 0 (as if folded)"
 )
+_INPUT_SOURCES = {"declared": " (declared by the model)", "tried": " (the first size the model ran on)"}
 _TRAIN_CONVENTION = "train MACs = forward + backward (weight gradients, and input gradients where needed)"
 
 
@@ -172,7 +173,8 @@ class ProfileReport:
             where += f", {env['threads']} threads"
         lines = [
             f"scc_convert profile | device: {where} | dtype: {env['dtype']} | "
-            f"batch: {', '.join(str(b) for b in st['batch_sizes'])} | input: {tuple(st['input_shape'])} | "
+            f"batch: {', '.join(str(b) for b in st['batch_sizes'])} | input: {tuple(st['input_shape'])}"
+            f"{_INPUT_SOURCES.get(st.get('input_source'), '')} | "
             f"torch {env['torch']}",
             f"Convention: {CONVENTION}; forward pass" + ("; " + _TRAIN_CONVENTION if st["train"] else ""),
         ]

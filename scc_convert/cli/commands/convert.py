@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..common import check_output, example, load, say, write_json
+from ..common import check_output, input_shape, load, say, write_json
 from ..parser import DTYPES, CLIError, add_common, add_model_args, add_run_args, floats
 
 NAME = "convert"
@@ -48,11 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p)
 
 
-def _calibration(args: argparse.Namespace) -> torch.Tensor:
+def _calibration(args: argparse.Namespace, model: torch.nn.Module) -> torch.Tensor:
     path = Path(args.calib)
     if not path.exists():
         raise CLIError(f"--calib {path}: no such file or folder", 2)
-    _, c, h, w = args.input_shape
+    _, c, h, w = input_shape(model, args.input_shape)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[: args.calib_limit]
         if not files:
@@ -98,13 +98,13 @@ def run(args: argparse.Namespace) -> int:
         for p in (out, report_path):
             check_output(p, source, args.force)
     model = load(args.model, args)
-    calib = _calibration(args) if args.calib else None
+    calib = _calibration(args, model) if args.calib else None
     try:
         small, report = convert(
             model, cg=args.cg, co=args.co, patterns=[p for p in args.patterns.split(",") if p],
             include=args.include, exclude=args.exclude, min_channels=args.min_channels,
             on_indivisible=args.on_indivisible, init=args.init, calib_data=calib,
-            recalibrate_bn=args.recalibrate_bn, example_inputs=example(args), progress=not args.quiet,
+            recalibrate_bn=args.recalibrate_bn, example_inputs=args.input_shape, progress=not args.quiet,
         )
     except (ValueError, TypeError) as err:
         message = str(err)
@@ -116,7 +116,11 @@ def run(args: argparse.Namespace) -> int:
     payload = {"source": str(source), "report": report.to_dict()}
     prof = None
     if args.profile:
-        prof = profile(model, small, input_shape=args.input_shape, device=args.device, dtype=DTYPES[args.dtype])
+        try:
+            prof = profile(model, small, input_shape=args.input_shape or report.input_shape, device=args.device,
+                           dtype=DTYPES[args.dtype])
+        except (ValueError, TypeError) as err:
+            raise CLIError(str(err), 1) from None
         payload["profile"] = prof.to_dict()
     if args.json:
         print(json.dumps(payload, indent=2))

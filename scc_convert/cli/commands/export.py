@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..common import check_output, example, load, say
+from ..common import check_output, load, say
 from ..parser import CLIError, add_common, add_model_args, add_run_args
 
 NAME = "export"
@@ -37,10 +37,10 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.model, args)
     try:
         if args.format == "onnx":
-            export_onnx(model, example(args), out, opset=args.opset, dynamo=not args.classic,
+            export_onnx(model, args.input_shape, out, opset=args.opset, dynamo=not args.classic,
                         check=not args.no_check, decomposition=args.decomposition)
         else:
-            export_program(model, example(args), out, check=not args.no_check)
+            export_program(model, args.input_shape, out, check=not args.no_check)
     except ImportError as err:
         raise CLIError(f"{err} (pip install 'scc-convert[export]')", 1) from None
     except (ValueError, TypeError, RuntimeError) as err:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..common import check_output, load, say
+from ...inputs import input_channels
+from ..common import check_output, input_shape, load, say
 from ..parser import CLIError, add_common, add_model_args, device, floats
 
 NAME = "finetune"
@@ -35,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feature-kd", action="store_true", help="also match every SCC layer's output to the original conv's")
     p.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed")
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto")
-    p.add_argument("--image-size", type=int, default=224, help="training crop size for ImageFolder data, image size for digits")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="training crop size for ImageFolder data, image size for digits (default: the size "
+                        "the model declares, else the first of 224, 32, 64, 96, 128, 160 it runs on)")
     p.add_argument("--mean", type=floats, default=(0.485, 0.456, 0.406))
     p.add_argument("--std", type=floats, default=(0.229, 0.224, 0.225))
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for ImageFolder data")
@@ -85,11 +88,15 @@ def run(args: argparse.Namespace) -> int:
     student_args = argparse.Namespace(**{**vars(args), "arch": None})
     student = load(args.model, student_args).train()
     teacher = load(args.teacher, args) if args.teacher else None
+    if args.image_size is None:
+        _, channels, args.image_size, _ = input_shape(student, None)
+    else:
+        channels = input_channels(student)
     if args.data == "digits":
         from ...data import digits_loaders
 
         try:
-            train, val = digits_loaders(batch_size=args.batch_size, image_size=args.image_size)
+            train, val = digits_loaders(batch_size=args.batch_size, image_size=args.image_size, channels=channels)
         except ImportError as err:
             raise CLIError(str(err), 1) from None
     else:
