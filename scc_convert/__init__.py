@@ -5,7 +5,8 @@ Public API:
 * :class:`SCCConv2d` — the SCC layer; :func:`functional.scc_conv2d` — its functional form.
 * :class:`SCCGeometry` — windows, window stride and cyclic distance of one SCC.
 * :func:`convert` — the torch.fx pass replacing a model's 1x1 convs, with a
-  :class:`ConversionReport`.
+  :class:`ConversionReport`; :func:`register_conv_adapter` — how a user's ``nn.Conv2d``
+  subclass converts.
 * :func:`profile` — MACs/FLOPs, parameters, size and latency, before vs after
   (:class:`ProfileReport`).
 * :func:`export_onnx` / :func:`export_program` — ONNX with SCC as standard ops (checked in
@@ -19,7 +20,7 @@ BatchNorm/activations are not counted.
 """
 
 from . import functional
-from .convert import ConversionReport, convert
+from .convert import ConversionReport, convert, register_conv_adapter
 from .geometry import SCCGeometry
 from .nn import DWSCCConv2d, SCCConv2d
 from .export import export_onnx, export_program
@@ -27,7 +28,7 @@ from .finetune import FinetuneResult, finetune
 from .profile import ProfileReport, profile
 
 __all__ = [
-    "SCCConv2d", "DWSCCConv2d", "SCCGeometry", "functional", "convert", "ConversionReport",
+    "SCCConv2d", "DWSCCConv2d", "SCCGeometry", "functional", "convert", "ConversionReport", "register_conv_adapter",
     "profile", "ProfileReport", "finetune", "FinetuneResult", "export_onnx", "export_program",
 ]
 __version__ = "0.1.0"

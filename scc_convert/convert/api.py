@@ -107,7 +107,7 @@ def convert(
     candidates, trace = find_candidates(target)
     decisions = policy.decide(candidates)
     geoms = {
-        c.name: SCCGeometry(c.module.in_channels, c.module.out_channels, d.cg, d.co, layer=c.name)
+        c.name: SCCGeometry(c.layer.in_channels, c.layer.out_channels, d.cg, d.co, layer=c.name)
         for c, d in zip(candidates, decisions) if d.convert
     }
     param = next(target.parameters(), None)
@@ -172,7 +172,7 @@ def _make_dwscc(conv: nn.Conv2d, geom: SCCGeometry, depthwise: Tensor | None, wi
 
 def _replacement(c: Candidate, geom: SCCGeometry, init: str) -> tuple[nn.Module, float | None]:
     """The new layer for ``slice`` / ``energy`` / ``random`` init, and the weight energy kept."""
-    conv = c.module
+    conv = c.layer
     if c.pattern == "std":
         if init == "random":
             return _make_dwscc(conv, geom, None, None, None, None), None
@@ -214,7 +214,7 @@ def _convert_lsq(target, todo, geoms, records, calib_data, device, dtype, progre
 
     placeholders = {}
     for c in todo:
-        geom, conv = geoms[c.name], c.module
+        geom, conv = geoms[c.name], c.layer
         intercept = True  # a fitted bias absorbs the mean shift the narrower windows leave
         if c.pattern == "std":
             depthwise, _ = factorise_standard(conv.weight, geom)
@@ -262,8 +262,8 @@ def _eval_mode(model: nn.Module):
 
 
 def _record(c: Candidate, d: Decision, geom: SCCGeometry | None) -> LayerRecord:
-    conv = c.module
-    params = sum(p.numel() for p in conv.parameters())
+    conv = c.layer
+    params = sum(p.numel() for p in c.module.parameters())
     return LayerRecord(
         name=c.name, pattern=c.pattern, in_channels=conv.in_channels, out_channels=conv.out_channels,
         kernel_size=tuple(conv.kernel_size), stride=tuple(conv.stride), converted=d.convert,
@@ -307,7 +307,7 @@ def _count_before(
     if found.inputs is None:
         outputs.clear()
     for c in candidates:
-        conv, rec = c.module, records[c.name]
+        conv, rec = c.layer, records[c.name]
         shape = outputs.get(c.name)
         if shape is None:
             continue

@@ -7,9 +7,11 @@ Patterns (SPEC section 3):
 * ``pw`` — any other 1x1 conv with ``groups=1``;
 * ``std`` — a KxK (K > 1) conv with ``groups=1`` (factorised into depthwise KxK + SCC).
 
-The graph comes from ``torch.fx``. A model that does not trace as a whole is traced
-submodule by submodule; convolutions left outside every traced submodule are classified
-from module order and marked unverified.
+The graph comes from ``torch.fx``, with every ``nn.Conv2d`` (subclasses included) kept a
+leaf. A model that does not trace as a whole is traced submodule by submodule; convolutions
+left outside every traced submodule are classified from module order and marked unverified.
+Each candidate that is a subclass is then resolved to the plain layer it converts from, or
+the reason it cannot be (:mod:`.adapters`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..nn import SCCConv2d
+from .adapters import resolve
 
 __all__ = ["Candidate", "TraceInfo", "find_candidates"]
 
@@ -58,13 +61,24 @@ def is_standard(conv: nn.Module) -> bool:
 
 @dataclass
 class Candidate:
-    """A convolution found in the model, in network (or module) order."""
+    """A convolution found in the model, in network (or module) order.
+
+    ``module`` is the layer in the model; ``layer`` the plain ``nn.Conv2d`` it converts
+    from (``module`` itself, or what a registered adapter made of it).
+    """
 
     name: str
     module: nn.Conv2d
     pattern: str  # "dw_pw", "pw" or "std"
     verified: bool  # found in an fx graph (False: from module order)
     used: bool = True  # called in the traced forward
+    unused_reason: str = "never called in forward"
+    unsupported: str | None = None  # why it cannot be converted (a subclass computing otherwise)
+    layer: nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        if self.layer is None:
+            self.layer = self.module
 
 
 @dataclass
@@ -77,10 +91,11 @@ class TraceInfo:
 
 
 class _Tracer(fx.Tracer):
-    """Keeps our own layers and already-converted modules as leaves."""
+    """Keeps every convolution (subclasses too), our own layers and already-converted modules
+    as leaves."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, SCCConv2d) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (SCCConv2d, nn.Conv2d)) or super().is_leaf_module(m, qualname)
 
 
 def _trace(module: nn.Module) -> fx.Graph:
@@ -142,10 +157,13 @@ def _from_graph(graph: fx.Graph, root: nn.Module, prefix: str) -> list[Candidate
                 found[name].pattern = "pw" if pattern in ("pw", "dw_pw") else pattern
             continue
         found[name] = Candidate(name, conv, pattern, verified=True)
+    read = {node.target for node in graph.nodes if node.op == "get_attr"}
     for name, conv in modules.items():  # convs that forward never calls
         full = f"{prefix}{name}"
         if isinstance(conv, nn.Conv2d) and full not in found and _classify(conv, False):
-            found[full] = Candidate(full, conv, _classify(conv, False), verified=True, used=False)
+            direct = any(t.startswith(f"{name}.") for t in read)
+            why = "its weight is read directly in forward, not called as a module" if direct else "never called in forward"
+            found[full] = Candidate(full, conv, _classify(conv, False), verified=True, used=False, unused_reason=why)
     return list(found.values())
 
 
@@ -209,6 +227,10 @@ def find_candidates(model: nn.Module) -> tuple[list[Candidate], TraceInfo]:
     """All replaceable convolutions of ``model`` in network order, and how they were found."""
     info = TraceInfo(mode="fx", traced=[], failures={})
     candidates = list(_walk(model, "", info))
+    for c in candidates:
+        resolved = resolve(c.module)
+        c.layer = resolved.layer or c.module
+        c.unsupported = resolved.reason
     if info.failures:
         info.mode = "partial" if info.traced else "modules"
     return candidates, info

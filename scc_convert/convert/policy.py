@@ -99,11 +99,13 @@ class LayerPolicy:
         return [self._decide(c, i in edge) for i, c in enumerate(candidates)]
 
     def _decide(self, c: Candidate, at_edge: bool) -> Decision:
-        conv = c.module
+        conv = c.layer
         if c.pattern not in self.patterns:
             return Decision(False, reason=f"pattern {c.pattern!r} not enabled (patterns={list(self.patterns)})")
         if not c.used:
-            return Decision(False, reason="never called in forward")
+            return Decision(False, reason=c.unused_reason)
+        if c.unsupported:
+            return Decision(False, reason=c.unsupported)
         hit = next((p for p in self.exclude if name_matches(c.name, p)), None)
         if hit is not None:
             return Decision(False, reason=f"excluded by {_show(hit)}")
