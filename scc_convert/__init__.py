@@ -2,7 +2,8 @@
 
 Public API:
 
-* :class:`SCCConv2d` — the SCC layer; :func:`functional.scc_conv2d` — its functional form.
+* :class:`SCCConv2d` — the SCC layer; :func:`functional.scc_conv2d` — its functional form;
+  :class:`SCCLinear` — SCC over the last dimension (for `nn.Linear` pointwise layers).
 * :class:`SCCGeometry` — windows, window stride and cyclic distance of one SCC.
 * :func:`convert` — the torch.fx pass replacing a model's 1x1 convs, with a
   :class:`ConversionReport`; :func:`register_conv_adapter` — how a user's ``nn.Conv2d``
@@ -22,13 +23,13 @@ BatchNorm/activations are not counted.
 from . import functional
 from .convert import ConversionReport, convert, register_conv_adapter
 from .geometry import SCCGeometry
-from .nn import DWSCCConv2d, SCCConv2d
+from .nn import DWSCCConv2d, SCCConv2d, SCCLinear
 from .export import export_onnx, export_program
 from .finetune import FinetuneResult, finetune
 from .profile import ProfileReport, profile
 
 __all__ = [
-    "SCCConv2d", "DWSCCConv2d", "SCCGeometry", "functional", "convert", "ConversionReport", "register_conv_adapter",
+    "SCCConv2d", "SCCLinear", "DWSCCConv2d", "SCCGeometry", "functional", "convert", "ConversionReport", "register_conv_adapter",
     "profile", "ProfileReport", "finetune", "FinetuneResult", "export_onnx", "export_program",
 ]
 __version__ = "0.1.0"

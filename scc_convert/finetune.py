@@ -48,7 +48,7 @@ from torch.utils.data import (
 from tqdm import tqdm
 
 from .io import atomic_write
-from .nn import SCCConv2d
+from .nn import SCCConv2d, SCCLinear
 
 __all__ = ["finetune", "FinetuneResult", "EpochStats", "StepStats", "CHECKPOINT_FORMAT"]
 
@@ -460,8 +460,8 @@ def _correct(logits: Tensor, labels: Tensor) -> Tensor:
 class _FeatureDistiller:
     """Hooks that record each converted layer's output and the original conv's output.
 
-    A pair is every ``SCCConv2d`` in the student whose module path names an ``nn.Conv2d`` in the
-    teacher (the converter replaces convs at the same path). Outputs are recorded only inside
+    A pair is every ``SCCConv2d`` (``SCCLinear``) in the student whose module path names an
+    ``nn.Conv2d`` (``nn.Linear``) in the teacher (the converter replaces layers at the same path). Outputs are recorded only inside
     :meth:`recording`, so evaluation and the user's own forwards are untouched.
     """
 
@@ -470,12 +470,13 @@ class _FeatureDistiller:
         self.names = [
             name
             for name, module in student.named_modules()
-            if isinstance(module, SCCConv2d) and isinstance(teacher_modules.get(name), nn.Conv2d)
+            if (isinstance(module, SCCConv2d) and isinstance(teacher_modules.get(name), nn.Conv2d))
+            or (isinstance(module, SCCLinear) and isinstance(teacher_modules.get(name), nn.Linear))
         ]
         if not self.names:
             raise ValueError(
-                "finetune: feature_kd is on but no SCCConv2d in the model has an nn.Conv2d at the same "
-                "module path in the teacher; pass the original (unconverted) model as teacher, or "
+                "finetune: feature_kd is on but no SCCConv2d / SCCLinear in the model has an nn.Conv2d / "
+                "nn.Linear at the same module path in the teacher; pass the original (unconverted) model as teacher, or "
                 "feature_kd=False"
             )
         student_modules = dict(student.named_modules())
@@ -773,8 +774,8 @@ def finetune(
             (default 0.5 with a teacher, else 0). Unlabelled batches use KD alone if ``a > 0``.
         kd_temperature: softening temperature ``T`` of the distillation loss (scaled by ``T**2``).
         feature_kd: ``True`` (weight 1) or a weight: add the MSE between every ``SCCConv2d``'s
-            output and the output of the teacher's ``nn.Conv2d`` at the same module path, on the
-            same batch, summed over layers. Needs no labels.
+            (``SCCLinear``'s) output and the output of the teacher's ``nn.Conv2d`` (``nn.Linear``)
+            at the same module path, on the same batch, summed over layers. Needs no labels.
         freeze_bn: keep BatchNorm running statistics fixed (BN layers in eval mode while the rest
             trains; their affine weights still learn). Good for short fine-tunes and small batches.
         amp: ``None``: bf16 autocast on CUDA where supported, else fp16 with a ``GradScaler``, and

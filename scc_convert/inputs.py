@@ -18,6 +18,7 @@ dynamo logs are silenced meanwhile.
 
 from __future__ import annotations
 
+import copy
 import logging
 import numbers
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TRIED_SIZES", "ExampleInputs", "as_inputs", "declared_shape", "find_example_inputs", "input_channels", "run_for_shapes"]
+__all__ = [
+    "TRIED_SIZES", "ExampleInputs", "as_inputs", "declared_shape", "find_example_inputs", "input_channels",
+    "no_stand_ins_left", "run_for_shapes",
+]
 
 TRIED_SIZES = (224, 32, 64, 96, 128, 160)
 
@@ -170,14 +174,66 @@ def quiet_torch_logs() -> Iterator[None]:
             lg.disabled = flag
 
 
+def _holds_stand_in(value: Any) -> bool:
+    """Whether ``value`` is, or a container holds, a fake tensor or a ``torch.fx`` proxy."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if isinstance(value, (FakeTensor, torch.fx.Proxy)):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_stand_in(v) for v in value.values())
+    if isinstance(value, (list, tuple, set)):
+        return any(_holds_stand_in(v) for v in value)
+    return False
+
+
+_MISSING = object()
+
+
+@contextmanager
+def no_stand_ins_left(model: nn.Module) -> Iterator[None]:
+    """Undo what a forward on fake tensors, or an fx trace, left in the modules' state: an
+    attribute or buffer that holds a fake tensor or a proxy afterwards (a cache filled in eval
+    mode) gets its value from before back (containers are restored from a shallow copy)."""
+    saved = {}
+    for m in model.modules():
+        for key, value in vars(m).items():
+            saved[id(m), key] = copy.copy(value) if isinstance(value, (dict, list, set)) else value
+    try:
+        yield
+    finally:
+        for m in model.modules():
+            for key, value in list(vars(m).items()):
+                if key in ("_parameters", "_modules"):
+                    continue
+                if key == "_buffers":
+                    old = saved.get((id(m), key), {})
+                    for name, buf in list(value.items()):
+                        if _holds_stand_in(buf):
+                            value[name] = old.get(name)
+                elif _holds_stand_in(value):
+                    old = saved.get((id(m), key), _MISSING)
+                    if old is _MISSING:
+                        delattr(m, key)
+                    elif isinstance(value, (dict, list, set)) and type(old) is type(value):
+                        value.clear()  # restored in place: others may hold the same container
+                        if isinstance(value, list):
+                            value.extend(old)
+                        else:
+                            value.update(old)
+                    else:
+                        setattr(m, key, old)
+
+
 def run_for_shapes(model: nn.Module, inputs: tuple[Any, ...]) -> None:
     """One forward without gradients, on fake tensors (no arithmetic) when the model allows it,
-    else for real; raises what the real run raises."""
+    else for real; raises what the real run raises. What the fake run caches in the modules
+    (a fake tensor in an attribute) is undone."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with torch.no_grad(), quiet_torch_logs():
         try:
-            with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            with no_stand_ins_left(model), FakeTensorMode(allow_non_fake_inputs=True) as mode:
                 model(*(mode.from_tensor(t) if isinstance(t, Tensor) else t for t in inputs))
             return
         except Exception:  # noqa: BLE001 - data-dependent or fake-unsupported ops: run for real

@@ -46,7 +46,7 @@ def test_convert_state_dict_with_arch_writes_model_and_report(files, tmp_path):
     out = tmp_path / "small.pt"
     code, stdout, err = run(files / "state.pt", "--arch", "torchvision.models:mobilenet_v2", "-o", out, "--input-shape", SHAPE, "--cg", "2")
     assert code == 0, err
-    assert "SCC conversion: 34 of 35 candidate layers converted" in stdout and f"wrote {out}" in stdout
+    assert "SCC conversion: 34 of 36 candidate layers converted" in stdout and f"wrote {out}" in stdout
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["report"]["cg"] == 2 and len([r for r in report["report"]["layers"] if r["converted"]]) == 34
     small = torch.load(out, weights_only=False)
@@ -161,7 +161,7 @@ def test_profile_compares_two_models(files, tmp_path):
 def test_demo_runs_without_downloads():
     code, stdout, err = run("demo", "--model", "cifar_mobilenet", "--repeats", "2")
     assert code == 0, err
-    assert "SCC conversion: 13 of 14 candidate layers converted" in stdout and "latency" in stdout
+    assert "SCC conversion: 13 of 15 candidate layers converted" in stdout and "latency" in stdout
 
 
 def test_finetune_digits_end_to_end(files, tmp_path):

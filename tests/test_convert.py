@@ -283,7 +283,7 @@ def test_report_table_and_json():
     _, report = convert(dw_pw_net(), cg=4, co=0.5, example_inputs=torch.randn(2, 3, 16, 16))
     assert isinstance(report, ConversionReport)
     text = str(report)
-    assert "SCC conversion: 2 of 3 candidate layers converted" in text
+    assert "SCC conversion: 2 of 4 candidate layers converted" in text
     assert "pattern 'std' not enabled" in text and "FLOPs = 2 x MACs" in text
     data = json.loads(report.to_json())
     assert data["input_shape"] == [2, 3, 16, 16]

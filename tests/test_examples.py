@@ -194,7 +194,7 @@ def test_pretrained_mobilenet_example_tiny(tmp_path, capsys):
             "--repeats", "0", "--out", str(out_file)]
     assert example.main(args) == 0
     text = capsys.readouterr().out
-    assert "RANDOM INITIALISATION" in text and "converted 34 of 35" in text and "fine-tuned 2 steps" in text
+    assert "RANDOM INITIALISATION" in text and "converted 34 of 36" in text and "fine-tuned 2 steps" in text
     small = load_model(out_file, trust_pickle=True)
     assert sum(isinstance(m, SCCConv2d) for m in small.modules()) == 34
     assert small.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 1000)

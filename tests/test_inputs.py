@@ -150,3 +150,30 @@ def test_export_program_finds_the_input_or_takes_a_shape(tmp_path):
     torch.testing.assert_close(loaded(x), small(x))
     with pytest.raises(ValueError, match="no example_input given"):
         export_program(fixed_size_net(20), None, tmp_path / "none.pt2")
+
+
+class CachesInEval(nn.Module):
+    """Caches a derived tensor on first eval forward, as timm's EfficientViT attention biases do."""
+
+    def __init__(self):
+        super().__init__()
+        self.pw = nn.Conv2d(16, 32, 1)
+        self.scale = nn.Parameter(torch.ones(32))
+        self.cache = {}
+
+    def forward(self, x):
+        if not self.training:
+            if "s" not in self.cache:
+                self.cache["s"] = self.scale * 2
+            self.last = self.cache["s"]
+            return self.pw(x) * self.cache["s"][:, None, None]
+        return self.pw(x) * self.scale[:, None, None] * 2
+
+
+def test_what_a_fake_run_caches_is_undone():
+    model = CachesInEval().eval()
+    small, report = scc_convert.convert(model, example_inputs=(1, 16, 8, 8))
+    assert report.input_shape == (1, 16, 8, 8) and report.totals()["macs_before"] == 16 * 32 * 64
+    assert small.cache == {} and not hasattr(small, "last")
+    small(torch.randn(1, 16, 8, 8))  # real tensors again: no fake tensor left behind
+    assert not model.cache

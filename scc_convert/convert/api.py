@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 import sys
 import time
@@ -14,12 +15,12 @@ from torch import Tensor, nn
 
 from ..geometry import SCCGeometry
 from ..inputs import ExampleInputs, find_example_inputs, run_for_shapes
-from ..nn import DWSCCConv2d, SCCConv2d
 from . import calibrate
-from .patterns import Candidate, find_candidates
+from .build import make_dwscc, make_pointwise, replacement
+from .patterns import Candidate, channels, find_candidates
 from .policy import Decision, LayerPolicy
 from .report import ConversionReport, LayerRecord
-from .transfer import energy_assignment, factorise_standard, kept_energy, slice_weight, window_index
+from .transfer import factorise_standard
 
 __all__ = ["convert", "INITS"]
 
@@ -107,7 +108,7 @@ def convert(
     candidates, trace = find_candidates(target)
     decisions = policy.decide(candidates)
     geoms = {
-        c.name: SCCGeometry(c.layer.in_channels, c.layer.out_channels, d.cg, d.co, layer=c.name)
+        c.name: SCCGeometry(*channels(c.layer), d.cg, d.co, layer=c.name)
         for c, d in zip(candidates, decisions) if d.convert
     }
     param = next(target.parameters(), None)
@@ -122,7 +123,7 @@ def convert(
             _convert_lsq(target, todo, geoms, records, calib_data, device, dtype, progress)
         else:
             for c in todo:
-                new, quality = _replacement(c, geoms[c.name], init)
+                new, quality = replacement(c, geoms[c.name], init)
                 _set_module(target, c.name, new)
                 _finish(records[c.name], new, quality)
         if recalibrate_bn:
@@ -134,70 +135,6 @@ def convert(
         trace_failures=trace.failures, seconds=time.perf_counter() - started,
     )
     return target, report
-
-
-# -- building the new layers --------------------------------------------------------------
-
-
-def _dense(conv: nn.Conv2d) -> Tensor:
-    return conv.weight.detach()[:, :, 0, 0]
-
-
-def _make_scc(conv: nn.Conv2d, geom: SCCGeometry, window_of, weight: Tensor, bias: Tensor | None) -> SCCConv2d:
-    new = SCCConv2d(geom.in_channels, geom.out_channels, geom.cg, geom.co, stride=conv.stride[0],
-                    bias=conv.bias is not None or bias is not None, window_of=window_of,
-                    device=conv.weight.device, dtype=conv.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if new.bias is not None:
-            new.bias.copy_(conv.bias if bias is None else bias)
-    return new
-
-
-def _make_dwscc(conv: nn.Conv2d, geom: SCCGeometry, depthwise: Tensor | None, window_of,
-                weight: Tensor | None, bias: Tensor | None) -> DWSCCConv2d:
-    new = DWSCCConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, geom.cg, geom.co,
-                      stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                      bias=conv.bias is not None or bias is not None, padding_mode=conv.padding_mode, window_of=window_of,
-                      device=conv.weight.device, dtype=conv.weight.dtype)
-    with torch.no_grad():
-        if depthwise is not None:
-            new.depthwise.weight.copy_(depthwise)
-        if weight is not None:
-            new.pointwise.weight.copy_(weight)
-        if new.pointwise.bias is not None:
-            new.pointwise.bias.copy_(conv.bias if bias is None else bias)
-    return new
-
-
-def _replacement(c: Candidate, geom: SCCGeometry, init: str) -> tuple[nn.Module, float | None]:
-    """The new layer for ``slice`` / ``energy`` / ``random`` init, and the weight energy kept."""
-    conv = c.layer
-    if c.pattern == "std":
-        if init == "random":
-            return _make_dwscc(conv, geom, None, None, None, None), None
-        depthwise, weight = factorise_standard(conv.weight, geom)
-        kept = _std_kept(conv.weight, depthwise, weight, geom)
-        return _make_dwscc(conv, geom, depthwise, None, weight, None), kept
-    dense = _dense(conv)
-    if init == "random":
-        new = SCCConv2d(geom.in_channels, geom.out_channels, geom.cg, geom.co, stride=conv.stride[0],
-                        bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
-        return new, None
-    window_of = energy_assignment(dense, geom) if init == "energy" else None
-    weight = slice_weight(dense, geom, window_of)
-    return _make_scc(conv, geom, window_of, weight, None), kept_energy(dense, weight)
-
-
-def _std_kept(kernel: Tensor, depthwise: Tensor, weight: Tensor, geom: SCCGeometry) -> float:
-    """1 - relative squared error of the factorised kernel."""
-    k = kernel.detach().double()
-    approx = torch.zeros_like(k)
-    idx = window_index(geom, device=k.device)
-    approx.scatter_(1, idx[:, :, None, None].expand(-1, -1, *k.shape[2:]),
-                    weight.double()[:, :, None, None] * depthwise.double()[idx, 0])
-    total = k.square().sum().item()
-    return 1.0 - (k - approx).square().sum().item() / total if total > 0 else 1.0
 
 
 def _convert_lsq(target, todo, geoms, records, calib_data, device, dtype, progress) -> None:
@@ -218,21 +155,21 @@ def _convert_lsq(target, todo, geoms, records, calib_data, device, dtype, progre
         intercept = True  # a fitted bias absorbs the mean shift the narrower windows leave
         if c.pattern == "std":
             depthwise, _ = factorise_standard(conv.weight, geom)
-            dw = _make_dwscc(conv, geom, depthwise, None, None, None).depthwise
+            dw = make_dwscc(conv, geom, depthwise, None, None, None).depthwise
 
             def prepare(t, dw=dw):
                 return dw(t)
 
             def build(window_of, weight, bias, conv=conv, geom=geom, depthwise=depthwise):
-                return _make_dwscc(conv, geom, depthwise, window_of, weight, bias)
+                return make_dwscc(conv, geom, depthwise, window_of, weight, bias)
         else:
-            step = conv.stride[0]
+            step = 1 if c.pattern == "linear" else conv.stride[0]
 
             def prepare(t, step=step):
                 return t[:, :, ::step, ::step] if step > 1 else t
 
             def build(window_of, weight, bias, conv=conv, geom=geom):
-                return _make_scc(conv, geom, window_of, weight, bias)
+                return make_pointwise(conv, geom, window_of, weight, bias)
 
         placeholders[c.name] = calibrate._Fitting(c.name, prepare, geom, intercept, samples[c.name], build, done)
     try:
@@ -262,11 +199,14 @@ def _eval_mode(model: nn.Module):
 
 
 def _record(c: Candidate, d: Decision, geom: SCCGeometry | None) -> LayerRecord:
-    conv = c.layer
+    layer = c.layer
     params = sum(p.numel() for p in c.module.parameters())
+    cin, cout = channels(layer)
+    linear = isinstance(layer, nn.Linear)
     return LayerRecord(
-        name=c.name, pattern=c.pattern, in_channels=conv.in_channels, out_channels=conv.out_channels,
-        kernel_size=tuple(conv.kernel_size), stride=tuple(conv.stride), converted=d.convert,
+        name=c.name, pattern=c.pattern, in_channels=cin, out_channels=cout,
+        kernel_size=(1, 1) if linear else tuple(layer.kernel_size), stride=(1, 1) if linear else tuple(layer.stride),
+        converted=d.convert,
         reason=d.reason, verified=c.verified, cg=d.cg, co=d.co,
         cd=geom.cyclic_distance if geom else None, params_before=params, params_after=params,
     )
@@ -307,14 +247,20 @@ def _count_before(
     if found.inputs is None:
         outputs.clear()
     for c in candidates:
-        conv, rec = c.layer, records[c.name]
+        rec = records[c.name]
         shape = outputs.get(c.name)
         if shape is None:
             continue
-        pixels = shape[0] * shape[2] * shape[3]
-        rec.macs_before = pixels * conv.out_channels * conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+        groups = getattr(c.layer, "groups", 1)
+        rec.macs_before = _positions(shape, rec.pattern) * rec.out_channels * rec.in_channels // groups * math.prod(rec.kernel_size)
         rec.macs_after = rec.macs_before
     return outputs, found
+
+
+def _positions(shape: tuple[int, ...], pattern: str) -> int:
+    """Output positions of a layer: ``N*H*W`` of a conv's output, the product of all but the
+    last dimension of a linear layer's."""
+    return math.prod(shape[:-1]) if pattern == "linear" else shape[0] * shape[2] * shape[3]
 
 
 def _count_after(records: dict[str, LayerRecord], geoms: dict[str, SCCGeometry], shapes: dict[str, tuple[int, ...]]) -> None:
@@ -323,7 +269,7 @@ def _count_after(records: dict[str, LayerRecord], geoms: dict[str, SCCGeometry],
         rec, shape = records[name], shapes.get(name)
         if shape is None or not rec.converted:
             continue
-        n, _, h, w = shape
-        rec.macs_after = geom.macs(n, h, w)
+        positions = _positions(shape, rec.pattern)
+        rec.macs_after = geom.macs(positions, 1, 1)
         if rec.pattern == "std":  # plus the depthwise KxK conv
-            rec.macs_after += n * h * w * rec.in_channels * rec.kernel_size[0] * rec.kernel_size[1]
+            rec.macs_after += positions * rec.in_channels * rec.kernel_size[0] * rec.kernel_size[1]

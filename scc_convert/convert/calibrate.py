@@ -49,21 +49,24 @@ def calibration_batch(data: Tensor | Iterable, device: torch.device, dtype: torc
     return x.to(device=device, dtype=dtype)
 
 
-def _pixels(t: Tensor) -> Tensor:
-    """``[N*H*W, C]`` rows of a ``[N, C, H, W]`` tensor."""
+def _rows(t: Tensor, features_last: bool) -> Tensor:
+    """``[positions, C]``: the pixels of a ``[N, C, H, W]`` tensor, or the rows of a
+    ``[..., C]`` one (``features_last``: a linear layer's input or output)."""
+    if features_last:
+        return t.reshape(-1, t.shape[-1])
     return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
 
 class _Sample:
-    """A fixed random subset of output pixels of one layer, and the original outputs there."""
+    """A fixed random subset of output positions of one layer, and the original outputs there."""
 
-    def __init__(self, count: int, seed: int) -> None:
-        self.count, self.seed = count, seed
+    def __init__(self, count: int, seed: int, features_last: bool) -> None:
+        self.count, self.seed, self.features_last = count, seed, features_last
         self.index: Tensor | None = None
         self.target: Tensor | None = None
 
     def take(self, t: Tensor) -> Tensor:
-        rows = _pixels(t)
+        rows = _rows(t, self.features_last)
         if self.index is None:
             gen = torch.Generator().manual_seed(self.seed)
             n = rows.shape[0]
@@ -74,7 +77,7 @@ class _Sample:
 
 def capture_targets(model: nn.Module, layers: dict[str, nn.Module], x: Tensor, seed: int = 0) -> dict[str, _Sample]:
     """Run the original model once; keep each layer's outputs at its sampled pixels."""
-    samples = {name: _Sample(MAX_SAMPLES, seed + i) for i, name in enumerate(layers)}
+    samples = {name: _Sample(MAX_SAMPLES, seed + i, isinstance(m, nn.Linear)) for i, (name, m) in enumerate(layers.items())}
     handles = []
     for name, module in layers.items():
         def hook(_m, _inp, out, s=samples[name]):

@@ -13,11 +13,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..geometry import check_cg_co, valid_cgs
-from .patterns import Candidate
+from .patterns import Candidate, channels
 
 __all__ = ["Decision", "LayerPolicy", "PATTERNS", "name_matches"]
 
-PATTERNS = ("dw_pw", "pw", "std")
+PATTERNS = ("dw_pw", "pw", "std", "linear")
 
 NamePattern = str | re.Pattern
 
@@ -111,29 +111,30 @@ class LayerPolicy:
             return Decision(False, reason=f"excluded by {_show(hit)}")
         if self.include and not any(name_matches(c.name, p) for p in self.include):
             return Decision(False, reason="not matched by include")
+        if c.head and not self.include:
+            return Decision(False, reason="the model's output layer (classifier head): name it in include= to convert it")
         if at_edge:
             return Decision(False, reason="first/last layer skipped (skip_first/skip_last)")
-        if c.pattern != "std":
+        if c.pattern in ("dw_pw", "pw"):
             if conv.padding != (0, 0) and conv.padding != "valid":
                 return Decision(False, reason=f"1x1 conv with padding={conv.padding} (output would change size)")
             if conv.stride[0] != conv.stride[1]:
                 return Decision(False, reason=f"unequal stride {conv.stride}")
-        if conv.in_channels < self.min_channels:
-            return Decision(False, reason=f"in_channels={conv.in_channels} < min_channels={self.min_channels}")
+        cin, _ = channels(conv)
+        what = "in_features" if c.pattern == "linear" else "in_channels"
+        if cin < self.min_channels:
+            return Decision(False, reason=f"{what}={cin} < min_channels={self.min_channels}")
         cg, co = self.cg, self.co
         for key, value in self.overrides:
             if name_matches(c.name, key):
                 cg, co = value.get("cg", cg), value.get("co", co)
         note = ""
-        if conv.in_channels % cg:
+        if cin % cg:
             if self.on_indivisible == "skip":
-                return Decision(
-                    False,
-                    reason=f"cg={cg} does not divide in_channels={conv.in_channels} (on_indivisible='skip')",
-                )
-            divisors = valid_cgs(conv.in_channels)
+                return Decision(False, reason=f"cg={cg} does not divide {what}={cin} (on_indivisible='skip')")
+            divisors = valid_cgs(cin)
             nearest = min(divisors, key=lambda d: (abs(d - cg), d))
-            note = f"cg {cg} -> {nearest}: nearest divisor of {conv.in_channels}"
+            note = f"cg {cg} -> {nearest}: nearest divisor of {cin}"
             cg = nearest
         return Decision(True, cg=cg, co=co, reason=note)
 

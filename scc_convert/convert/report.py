@@ -98,7 +98,10 @@ class ConversionReport:
     def __str__(self) -> str:
         rows = []
         for r in self.layers:
-            shape = f"{r.in_channels}->{r.out_channels} k{r.kernel_size[0]}" + (f" s{r.stride[0]}" if r.stride[0] > 1 else "")
+            if r.pattern == "linear":
+                shape = f"{r.in_channels}->{r.out_channels} fc"
+            else:
+                shape = f"{r.in_channels}->{r.out_channels} k{r.kernel_size[0]}" + (f" s{r.stride[0]}" if r.stride[0] > 1 else "")
             if r.converted:
                 quality = (
                     f"err {r.calib_error:.3f}" if r.calib_error is not None
