@@ -7,6 +7,7 @@ import math
 import re
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 
@@ -18,7 +19,7 @@ from ..inputs import ExampleInputs, find_example_inputs, run_for_shapes
 from . import calibrate
 from .build import make_dwscc, make_pointwise, replacement
 from .patterns import Candidate, channels, find_candidates
-from .policy import Decision, LayerPolicy
+from .policy import Decision, LayerPolicy, parse_patterns
 from .report import ConversionReport, LayerRecord
 from .transfer import factorise_standard
 
@@ -32,7 +33,7 @@ def convert(
     cg: int = 4,
     co: float = 0.5,
     *,
-    patterns: Iterable[str] = ("dw_pw", "pw"),
+    patterns: str | Iterable[str] = ("dw_pw", "pw"),
     include: str | re.Pattern | Iterable[str | re.Pattern] | None = None,
     exclude: str | re.Pattern | Iterable[str | re.Pattern] | None = None,
     min_channels: int = 16,
@@ -45,7 +46,7 @@ def convert(
     recalibrate_bn: bool = False,
     example_inputs: Tensor | tuple | None = None,
     inplace: bool = False,
-    progress: bool | None = None,
+    progress: bool = True,
 ) -> tuple[nn.Module, ConversionReport]:
     """Replace a CNN's pointwise convolutions with Sliding-Channel Convolutions.
 
@@ -53,14 +54,18 @@ def convert(
         model: any ``nn.Module``; it is deep-copied unless ``inplace=True``.
         cg, co: SCC channel groups and overlap ratio for every converted layer.
         patterns: which of ``"dw_pw"`` (1x1 conv after a depthwise conv), ``"pw"`` (any
-            other 1x1 conv, groups=1) and ``"std"`` (KxK conv -> depthwise KxK + SCC) to convert.
+            other 1x1 conv, groups=1), ``"std"`` (KxK conv -> depthwise KxK + SCC) and
+            ``"linear"`` (``nn.Linear`` -> :class:`SCCLinear`, SCC over the last dimension; the
+            classifier head only when ``include`` names it) to convert: names, or one string
+            such as ``"pw"`` or ``"dw_pw,pw"``. Layers of the other patterns are still listed.
         include, exclude: module-name filters: fnmatch globs, ``re.Pattern`` objects, or
             strings prefixed ``"re:"`` (regex, full match).
         min_channels: skip layers with fewer input channels.
         overrides: ``{name_or_pattern: {"cg": .., "co": ..}}`` per-layer settings (later
             entries win).
         on_indivisible: ``"skip"`` a layer whose ``in_channels`` ``cg`` does not divide, or
-            use the ``"nearest"`` divisor.
+            use the ``"nearest"`` divisor (never 1, which would save nothing: such a layer is
+            skipped).
         skip_first, skip_last: leave the first / last enabled candidate in network order alone.
         init: weight transfer — ``"slice"`` (each output keeps its weights on its window),
             ``"energy"`` (output-to-window assignment keeping the most squared weight),
@@ -75,7 +80,8 @@ def convert(
             224, 32, 64, 96, 128, 160 (square) it runs on (:mod:`scc_convert.inputs`); when
             none runs the model is converted anyway and the report says MACs are unknown.
         inplace: modify ``model`` itself.
-        progress: progress bar for calibration (default: when stderr is a terminal).
+        progress: show a progress bar for calibration on stderr, when it is a terminal (a
+            redirected stderr never gets one).
 
     Returns:
         ``(new_model, report)``. Converted layers are :class:`SCCConv2d` (or
@@ -88,7 +94,7 @@ def convert(
         >>> print(report)  # doctest: +SKIP
     """
     started = time.perf_counter()
-    patterns = tuple(patterns)
+    patterns = parse_patterns(patterns)
     policy = LayerPolicy(
         cg, co, patterns=patterns, include=include, exclude=exclude, min_channels=min_channels,
         overrides=overrides, on_indivisible=on_indivisible, skip_first=skip_first, skip_last=skip_last,
@@ -107,6 +113,7 @@ def convert(
     target = model if inplace else copy.deepcopy(model)
     candidates, trace = find_candidates(target)
     decisions = policy.decide(candidates)
+    notes = policy.unmatched(candidates)
     geoms = {
         c.name: SCCGeometry(*channels(c.layer), d.cg, d.co, layer=c.name)
         for c, d in zip(candidates, decisions) if d.convert
@@ -134,13 +141,19 @@ def convert(
         input_shape=found.shape, input_note=found.describe(), trace=trace.mode,
         trace_failures=trace.failures, seconds=time.perf_counter() - started,
     )
+    if not report.converted:
+        notes.append(f"no layer was converted ({report.skip_summary()})")
+    report.warnings = notes
+    for note in notes:
+        warnings.warn(f"convert: {note}", UserWarning, stacklevel=2)
     return target, report
 
 
 def _convert_lsq(target, todo, geoms, records, calib_data, device, dtype, progress) -> None:
     x = calibrate.calibration_batch(calib_data, device, dtype)
     samples = calibrate.capture_targets(target, {c.name: c.module for c in todo}, x)
-    show = sys.stderr.isatty() if progress is None else progress
+    isatty = getattr(sys.stderr, "isatty", None)
+    show = bool(progress and isatty and isatty())
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="lsq calibration", unit="layer", disable=not show, file=sys.stderr)
@@ -207,7 +220,7 @@ def _record(c: Candidate, d: Decision, geom: SCCGeometry | None) -> LayerRecord:
         name=c.name, pattern=c.pattern, in_channels=cin, out_channels=cout,
         kernel_size=(1, 1) if linear else tuple(layer.kernel_size), stride=(1, 1) if linear else tuple(layer.stride),
         converted=d.convert,
-        reason=d.reason, verified=c.verified, cg=d.cg, co=d.co,
+        reason=d.reason, cause=d.cause, verified=c.verified, cg=d.cg, co=d.co,
         cd=geom.cyclic_distance if geom else None, params_before=params, params_after=params,
     )
 

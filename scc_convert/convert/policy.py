@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..geometry import check_cg_co, valid_cgs
 from .patterns import Candidate, channels
 
-__all__ = ["Decision", "LayerPolicy", "PATTERNS", "name_matches"]
+__all__ = ["Decision", "LayerPolicy", "PATTERNS", "name_matches", "parse_patterns"]
 
 PATTERNS = ("dw_pw", "pw", "std", "linear")
 
@@ -30,12 +30,25 @@ def name_matches(name: str, pattern: NamePattern) -> bool:
     return fnmatch.fnmatchcase(name, pattern)
 
 
+def parse_patterns(patterns: str | Iterable[str]) -> tuple[str, ...]:
+    """``("dw_pw", "pw")`` from an iterable of names or one string (``"pw"``, ``"dw_pw,pw"``)."""
+    if isinstance(patterns, str):
+        names = tuple(p.strip() for p in patterns.split(",") if p.strip())
+    else:
+        names = tuple(patterns)
+    unknown = [p for p in names if p not in PATTERNS]
+    if unknown:
+        raise ValueError(f"unknown pattern(s) {unknown}; choose from {list(PATTERNS)}")
+    return names
+
+
 @dataclass
 class Decision:
     convert: bool
     cg: int | None = None
     co: float | None = None
     reason: str = ""  # why a layer is skipped, or a note on a converted one
+    cause: str = ""  # the kind of reason a layer is skipped ("indivisible", "pattern", ...)
 
 
 def _as_list(patterns: NamePattern | Iterable[NamePattern] | None) -> list[NamePattern]:
@@ -54,7 +67,7 @@ class LayerPolicy:
         cg: int,
         co: float,
         *,
-        patterns: Iterable[str],
+        patterns: str | Iterable[str],
         include: NamePattern | Iterable[NamePattern] | None,
         exclude: NamePattern | Iterable[NamePattern] | None,
         min_channels: int,
@@ -65,10 +78,7 @@ class LayerPolicy:
     ) -> None:
         check_cg_co(cg, co)
         self.cg, self.co = cg, co
-        self.patterns = tuple(patterns)
-        unknown = [p for p in self.patterns if p not in PATTERNS]
-        if unknown:
-            raise ValueError(f"unknown pattern(s) {unknown}; choose from {list(PATTERNS)}")
+        self.patterns = parse_patterns(patterns)
         if on_indivisible not in ("skip", "nearest"):
             raise ValueError(f"on_indivisible={on_indivisible!r}; use 'skip' or 'nearest'")
         if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
@@ -98,32 +108,44 @@ class LayerPolicy:
             edge.add(enabled[-1])
         return [self._decide(c, i in edge) for i, c in enumerate(candidates)]
 
+    def unmatched(self, candidates: list[Candidate]) -> list[str]:
+        """One line per ``include`` / ``exclude`` / ``overrides`` pattern that matches no candidate."""
+        names = [c.name for c in candidates]
+        lines = []
+        for what, patterns in (("include", self.include), ("exclude", self.exclude),
+                               ("overrides", [key for key, _ in self.overrides])):
+            for p in patterns:
+                if not any(name_matches(n, p) for n in names):
+                    example = f" (candidate names look like {names[len(names) // 2]!r})" if names else ""
+                    lines.append(f"{what} pattern {_show(p)} matches no candidate layer{example}")
+        return lines
+
     def _decide(self, c: Candidate, at_edge: bool) -> Decision:
         conv = c.layer
         if c.pattern not in self.patterns:
-            return Decision(False, reason=f"pattern {c.pattern!r} not enabled (patterns={list(self.patterns)})")
+            return _skip("pattern", f"pattern {c.pattern!r} not enabled (patterns={list(self.patterns)})")
         if not c.used:
-            return Decision(False, reason=c.unused_reason)
+            return _skip("unused", c.unused_reason)
         if c.unsupported:
-            return Decision(False, reason=c.unsupported)
+            return _skip("unsupported", c.unsupported)
         hit = next((p for p in self.exclude if name_matches(c.name, p)), None)
         if hit is not None:
-            return Decision(False, reason=f"excluded by {_show(hit)}")
+            return _skip("exclude", f"excluded by {_show(hit)}")
         if self.include and not any(name_matches(c.name, p) for p in self.include):
-            return Decision(False, reason="not matched by include")
+            return _skip("include", "not matched by include")
         if c.head and not self.include:
-            return Decision(False, reason="the model's output layer (classifier head): name it in include= to convert it")
+            return _skip("head", "the model's output layer (classifier head): name it in include= to convert it")
         if at_edge:
-            return Decision(False, reason="first/last layer skipped (skip_first/skip_last)")
+            return _skip("edge", "first/last layer skipped (skip_first/skip_last)")
         if c.pattern in ("dw_pw", "pw"):
             if conv.padding != (0, 0) and conv.padding != "valid":
-                return Decision(False, reason=f"1x1 conv with padding={conv.padding} (output would change size)")
+                return _skip("padding", f"1x1 conv with padding={conv.padding} (output would change size)")
             if conv.stride[0] != conv.stride[1]:
-                return Decision(False, reason=f"unequal stride {conv.stride}")
+                return _skip("stride", f"unequal stride {conv.stride}")
         cin, _ = channels(conv)
         what = "in_features" if c.pattern == "linear" else "in_channels"
         if cin < self.min_channels:
-            return Decision(False, reason=f"{what}={cin} < min_channels={self.min_channels}")
+            return _skip("min_channels", f"{what}={cin} < min_channels={self.min_channels}")
         cg, co = self.cg, self.co
         for key, value in self.overrides:
             if name_matches(c.name, key):
@@ -131,13 +153,19 @@ class LayerPolicy:
         note = ""
         if cin % cg:
             if self.on_indivisible == "skip":
-                return Decision(False, reason=f"cg={cg} does not divide {what}={cin} (on_indivisible='skip')")
-            divisors = valid_cgs(cin)
-            nearest = min(divisors, key=lambda d: (abs(d - cg), d))
+                return _skip("indivisible", f"cg={cg} does not divide {what}={cin} (on_indivisible='skip')")
+            nearest = min(valid_cgs(cin), key=lambda d: (abs(d - cg), d))
+            if nearest == 1:
+                return _skip("indivisible", f"cg={cg} does not divide {what}={cin} and its nearest divisor is 1, "
+                                            "which would save nothing (on_indivisible='nearest')")
             note = f"cg {cg} -> {nearest}: nearest divisor of {cin}"
             cg = nearest
         return Decision(True, cg=cg, co=co, reason=note)
 
 
+def _skip(cause: str, reason: str) -> Decision:
+    return Decision(False, reason=reason, cause=cause)
+
+
 def _show(p: NamePattern) -> str:
-    return f"re:{p.pattern}" if isinstance(p, re.Pattern) else repr(p)
+    return f"re:{p.pattern}" if isinstance(p, re.Pattern) else f"'{p}'"

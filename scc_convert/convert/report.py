@@ -7,7 +7,22 @@ from dataclasses import asdict, dataclass, field
 
 from tabulate import tabulate
 
-__all__ = ["LayerRecord", "ConversionReport"]
+__all__ = ["LayerRecord", "ConversionReport", "CAUSES"]
+
+# What each skip cause means, for summaries ("34 layers where ...").
+CAUSES = {
+    "pattern": "whose pattern is not enabled",
+    "unused": "that forward does not call as modules",
+    "unsupported": "whose forward differs from nn.Conv2d / nn.Linear",
+    "exclude": "excluded",
+    "include": "not matched by include",
+    "head": "the classifier head",
+    "edge": "first/last layer (skip_first/skip_last)",
+    "padding": "padded 1x1 convs",
+    "stride": "with unequal strides",
+    "min_channels": "below min_channels",
+    "indivisible": "whose input channels cg does not divide",
+}
 
 
 @dataclass
@@ -27,6 +42,7 @@ class LayerRecord:
     converted: bool
     reason: str
     verified: bool
+    cause: str = ""  # the kind of reason a layer was skipped (a key of CAUSES)
     cg: int | None = None
     co: float | None = None
     cd: int | None = None
@@ -52,6 +68,8 @@ class ConversionReport:
         trace: ``"fx"`` (whole model traced), ``"partial"`` or ``"modules"`` (module order).
         trace_failures: module name -> tracing error, for the parts that did not trace.
         seconds: wall time of the conversion.
+        warnings: what the caller should know (filters that matched nothing, nothing
+            converted); also issued as ``UserWarning``.
     """
 
     layers: list[LayerRecord]
@@ -64,6 +82,7 @@ class ConversionReport:
     input_note: str = ""
     trace_failures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def converted(self) -> list[LayerRecord]:
@@ -85,6 +104,22 @@ class ConversionReport:
             out["macs_before"] = sum(r.macs_before or 0 for r in self.layers)
             out["macs_after"] = sum(r.macs_after or 0 for r in self.layers)
         return out
+
+    def skip_summary(self, causes: int = 3) -> str:
+        """One line: how many candidates were skipped for what, with the first layer of each
+        cause and its reason, e.g. ``35 candidates skipped: 34 whose input channels cg does
+        not divide (first: features.1.conv.1, cg=7 does not divide in_channels=32 ...)``."""
+        groups: dict[str, list[LayerRecord]] = {}
+        for r in self.skipped:
+            groups.setdefault(r.cause or r.reason, []).append(r)
+        if not groups:
+            return "no candidate layers (no 1x1 convs, KxK convs or linear layers found)"
+        ranked = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+        parts = [f"{len(rs)} {CAUSES.get(cause, 'skipped')} (first: {rs[0].name}, {_clip(rs[0].reason, 110)})"
+                 for cause, rs in ranked[:causes]]
+        if len(ranked) > causes:
+            parts.append(f"{sum(len(rs) for _, rs in ranked[causes:])} for other reasons")
+        return f"{len(self.skipped)} candidates skipped: " + "; ".join(parts)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -126,12 +161,25 @@ class ConversionReport:
             "weight magnitude kept (slice/energy) or calibration error (lsq, residual / output variance).",
         ]
         if self.trace != "fx":
+            failures: dict[str, list[str]] = {}
+            for where, error in self.trace_failures.items():
+                failures.setdefault(error, []).append(where)
             lines.append(
                 f"note: the model did not trace as a whole ({self.trace}); patterns marked '?' were "
                 f"found from module order (unverified). Failures: "
-                + "; ".join(f"{k}: {v}" for k, v in self.trace_failures.items())
+                + "; ".join(f"{_names(where)}: {_clip(error, 150)}" for error, where in failures.items())
             )
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _names(names: list[str]) -> str:
+    """``a, b, c`` or ``a, b and 8 more``."""
+    return ", ".join(names) if len(names) <= 3 else f"{names[0]}, {names[1]} and {len(names) - 2} more"
 
 
 def _pair(before: int | None, after: int | None) -> str:
