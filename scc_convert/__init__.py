@@ -8,6 +8,8 @@ Public API:
 * :func:`convert` — the torch.fx pass replacing a model's 1x1 convs, with a
   :class:`ConversionReport`; :func:`register_conv_adapter` — how a user's ``nn.Conv2d``
   subclass converts.
+* :func:`save` / :func:`load` — a converted model as a weights-only file (``state_dict`` plus
+  the conversion recipe) and back, without unpickling code.
 * :func:`profile` — MACs/FLOPs, parameters, size and latency, before vs after
   (:class:`ProfileReport`).
 * :func:`export_onnx` / :func:`export_program` — ONNX with SCC as standard ops (checked in
@@ -27,9 +29,10 @@ from .nn import DWSCCConv2d, SCCConv2d, SCCLinear
 from .export import export_onnx, export_program
 from .finetune import FinetuneResult, finetune
 from .profile import ProfileReport, profile
+from .saving import load, save
 
 __all__ = [
     "SCCConv2d", "SCCLinear", "DWSCCConv2d", "SCCGeometry", "functional", "convert", "ConversionReport", "register_conv_adapter",
-    "profile", "ProfileReport", "finetune", "FinetuneResult", "export_onnx", "export_program",
+    "save", "load", "profile", "ProfileReport", "finetune", "FinetuneResult", "export_onnx", "export_program",
 ]
 __version__ = "0.1.0"

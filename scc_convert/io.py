@@ -2,6 +2,8 @@
 
 ``load_model`` accepts:
 
+* a converted model written by :func:`scc_convert.save` (weights only: the ``state_dict`` and
+  the conversion recipe), rebuilt on the architecture it records, on ``arch``, or on ``base``;
 * a ``state_dict`` (or a checkpoint dict holding one under ``"state_dict"`` / ``"model"`` /
   ``"model_state_dict"``) plus ``arch="package.module:factory"`` — loaded with
   ``torch.load(weights_only=True)``, which cannot run code;
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["ModelLoadError", "load_model", "build_arch", "atomic_write", "save_model"]
+__all__ = ["ModelLoadError", "load_model", "build_arch", "describe_mismatch", "error_line", "is_torch_file", "atomic_write", "save_model"]
 
 _STATE_KEYS = ("state_dict", "model_state_dict", "model")
 
@@ -76,9 +78,35 @@ def _state_dict_of(obj: object) -> Mapping[str, torch.Tensor] | None:
     return None
 
 
+def _first(names: list[str], n: int = 3) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def describe_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    """What keeps ``state`` from loading into ``model`` (strictly), in one line naming the
+    first mismatched keys, or ``None`` when it fits."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} keys missing from the file (first: {_first(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (first: {_first(unexpected)})")
+    if shapes:
+        parts.append(f"{len(shapes)} with another shape, file vs model (first: {_first(shapes, 2)})")
+    return "; ".join(parts) or None
+
+
 def load_model(path: str | os.PathLike, *, arch: str | None = None, trust_pickle: bool = False,
-               map_location: str | torch.device = "cpu") -> nn.Module:
+               map_location: str | torch.device = "cpu", base: nn.Module | None = None) -> nn.Module:
     """Load a model file (see the module docstring for the accepted formats).
+
+    ``base`` is an original model to rebuild a converted weights-only file on when neither
+    ``arch`` nor the file names its architecture (a copy is used).
 
     Raises:
         FileNotFoundError: no such file.
@@ -88,7 +116,7 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, trust_pickle
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     kind = _archive_kind(path)
-    if not zipfile.is_zipfile(path) and not _is_pickle(path):
+    if not is_torch_file(path):
         raise ModelLoadError(f"{path} is not a PyTorch file (neither a torch.save archive nor a pickle)")
     if kind == "torchscript":
         raise ModelLoadError(
@@ -104,7 +132,7 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, trust_pickle
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as safe_err:  # noqa: BLE001 - weights_only refuses anything but tensors and containers
         if not _looks_like_pickled_object(safe_err):
-            raise ModelLoadError(f"{path} is not a PyTorch file torch.load can read ({_first_line(safe_err)})") from None
+            raise ModelLoadError(f"{path} is not a PyTorch file torch.load can read ({error_line(safe_err)})") from None
         if not trust_pickle:
             raise ModelLoadError(
                 f"{path} holds a pickled Python object (a whole nn.Module?); unpickling it can run "
@@ -115,19 +143,26 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, trust_pickle
         try:
             obj = torch.load(path, map_location=map_location, weights_only=False)
         except Exception as err:  # noqa: BLE001
-            raise ModelLoadError(f"{path}: unpickling failed ({_first_line(err)}); is the model's code importable here?") from None
+            raise ModelLoadError(f"{path}: unpickling failed ({error_line(err)}); is the model's code importable here?") from None
     if isinstance(obj, nn.Module):
         return obj
+    from .saving import from_saved, is_converted
+
+    if is_converted(obj):
+        return from_saved(obj, arch or (None if obj.get("arch") else base), str(path))
     state = _state_dict_of(obj)
     if state is None:
         raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a model or a state_dict")
     if arch is None:
         raise ModelLoadError(f"{path} is a state_dict: pass --arch package.module:factory to build the model (e.g. torchvision.models:resnet50)")
     model = build_arch(arch)
+    problem = describe_mismatch(model, state)
+    if problem:
+        raise ModelLoadError(f"{path} does not fit --arch {arch}: {problem}")
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ModelLoadError(f"{path} does not fit --arch {arch}: {_first_line(err)}") from None
+        raise ModelLoadError(f"{path} does not fit --arch {arch}: {error_line(err)}") from None
     return model
 
 
@@ -136,9 +171,19 @@ def _looks_like_pickled_object(err: Exception) -> bool:
     return "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:300]
+def error_line(err: Exception) -> str:
+    """The informative line of an error: for ``torch.load(weights_only=True)``'s long preamble,
+    the line after ``WeightsUnpickler error:``; otherwise the first line."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
+            return lines[i + 1][:300]
+    return (lines[0] if lines else type(err).__name__)[:300]
+
+
+def is_torch_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like something ``torch.save`` wrote (a zip archive or a pickle)."""
+    return zipfile.is_zipfile(path) or _is_pickle(Path(path))
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, overwrite: bool = False) -> Path:

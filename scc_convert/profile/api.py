@@ -15,7 +15,7 @@ from ..inputs import find_example_inputs
 from .counting import count, layer_rows, size_bytes, unique
 from .report import ProfileReport
 from .results import BatchProfile, LayerProfile, ModelProfile
-from .timing import peak_activation_bytes, time_interleaved
+from .timing import noise_warning, peak_activation_bytes, time_interleaved
 
 def _check_positive_ints(name: str, value: Any, example: str) -> tuple[int, ...]:
     try:
@@ -205,6 +205,7 @@ def profile(
     if after is None:
         results["before"].label = "model"
     for prof in results.values():
+        warn += [noisy for b in prof.batches if (noisy := noise_warning(prof.label, b)) is not None]
         if prof.unknown_ops:
             ops_text = ", ".join(f"{op} ({n} calls)" for op, n in sorted(prof.unknown_ops.items()))
             warn.append(

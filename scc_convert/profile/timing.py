@@ -38,6 +38,20 @@ class LatencyStats:
                 "iqr_ms": self.iqr_ms, "runs": self.runs}
 
 
+NOISY_IQR = 0.10  # a spread beyond this fraction of the median makes the timing untrustworthy
+
+
+def noise_warning(label: str, batch) -> str | None:
+    """A warning when the latency of ``batch`` (a ``BatchProfile``) spreads by more than
+    ``NOISY_IQR`` of its median, else ``None``."""
+    stats = batch.latency
+    if stats is None or stats.runs < 2 or stats.iqr_ms <= NOISY_IQR * stats.median_ms:
+        return None
+    return (f"{label} latency at batch {batch.batch_size} is noisy: IQR {stats.iqr_ms:.3g} ms is "
+            f"{100 * stats.iqr_ms / stats.median_ms:.0f}% of the median {stats.median_ms:.3g} ms; treat it as rough, "
+            "or time again on an idle machine (more repeats, fewer threads)")
+
+
 def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
     """One timed call in ms: CUDA events after a synchronisation, else ``perf_counter``."""
     if device.type == "cuda":

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import torch
 
-from ..common import check_output, input_shape, load, say, write_json
+from ..common import add_output_args, check_output, input_shape, load, say, write_json, write_model
 from ..parser import DTYPES, CLIError, add_common, add_model_args, add_run_args, floats
 
 NAME = "convert"
-SUMMARY = "convert a model file's pointwise convolutions to SCC (the default command)"
-DESCRIPTION = ("Replace a CNN's pointwise convolutions with Sliding-Channel Convolutions. "
-               "Subcommands: 'scc-convert profile --help', 'scc-convert demo --help'.")
+SUMMARY = "convert a model file's pointwise layers to SCC (the default: 'scc-convert MODEL' works too)"
+DESCRIPTION = ("Replace a CNN's pointwise convolutions (and, with --patterns ...,linear, its nn.Linear "
+               "pointwise layers) with Sliding-Channel Convolutions; write the converted model (weights "
+               "only: state_dict + conversion recipe) and a JSON report. 'scc-convert --help' lists "
+               "the other commands.")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
@@ -23,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ...convert import INITS, PATTERNS
 
     p.add_argument("model", metavar="MODEL", help="a state_dict (with --arch) or a pickled nn.Module (with --trust-pickle)")
-    p.add_argument("-o", "--output", help="where to write the converted module (default: MODEL_scc.pt); a JSON report goes beside it")
+    p.add_argument("-o", "--output", help="where to write the converted model (default: MODEL_scc.pt): weights only, "
+                                          "the state_dict and the conversion recipe; a JSON report goes beside it")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--cg", type=int, default=4, help="channel groups (default 4)")
     p.add_argument("--co", type=float, default=0.5, help="channel overlap ratio in [0, 1) (default 0.5)")
@@ -43,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", action="store_true", help="also profile before vs after (MACs, params, latency)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--dry-run", action="store_true", help="convert and report, write nothing")
+    add_output_args(p)
     add_model_args(p)
     add_run_args(p)
     add_common(p)
@@ -72,10 +77,15 @@ def _calibration(args: argparse.Namespace, model: torch.nn.Module) -> torch.Tens
             images.append(TF.normalize(img, list(args.mean), list(args.std)))
         x = torch.stack(images)
     else:
+        from ...io import error_line, is_torch_file
+
+        if not is_torch_file(path):
+            raise CLIError(f"--calib {path}: neither an image folder nor a file torch.save wrote (give a folder of "
+                           f"images or a tensor [N,{c},H,W] saved with torch.save)", 1)
         try:
             x = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001
-            raise CLIError(f"--calib {path}: not a tensor file torch.load can read safely ({str(err).splitlines()[0][:200]})", 1) from None
+            raise CLIError(f"--calib {path}: not a tensor file torch.load can read safely ({error_line(err)})", 1) from None
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != c:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise CLIError(f"--calib {path}: need a tensor [N,{c},H,W], got {shape}", 1)
@@ -85,8 +95,6 @@ def _calibration(args: argparse.Namespace, model: torch.nn.Module) -> torch.Tens
 
 def run(args: argparse.Namespace) -> int:
     from ... import convert, profile
-    from ...io import save_model
-
     if args.init == "lsq" and not args.calib:
         raise CLIError("--init lsq needs --calib (an image folder or a saved input tensor)", 2)
     if args.recalibrate_bn and not args.calib:
@@ -100,19 +108,22 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.model, args)
     calib = _calibration(args, model) if args.calib else None
     try:
-        small, report = convert(
-            model, cg=args.cg, co=args.co, patterns=[p for p in args.patterns.split(",") if p],
-            include=args.include, exclude=args.exclude, min_channels=args.min_channels,
-            on_indivisible=args.on_indivisible, init=args.init, calib_data=calib,
-            recalibrate_bn=args.recalibrate_bn, example_inputs=args.input_shape, progress=not args.quiet,
-        )
+        with warnings.catch_warnings():  # the report's warnings are shown below, once
+            warnings.simplefilter("ignore", UserWarning)
+            small, report = convert(
+                model, cg=args.cg, co=args.co, patterns=args.patterns,
+                include=args.include, exclude=args.exclude, min_channels=args.min_channels,
+                on_indivisible=args.on_indivisible, init=args.init, calib_data=calib,
+                recalibrate_bn=args.recalibrate_bn, example_inputs=args.input_shape, progress=not args.quiet,
+            )
     except (ValueError, TypeError) as err:
         message = str(err)
         code = 1 if "failed on an example input" in message else 2
         raise CLIError(message, code) from None
     if not report.converted:
-        reasons = sorted({r.reason for r in report.layers}) or ["no 1x1 or KxK convolutions found"]
-        raise CLIError(f"no convertible layer in {source} (reasons: {'; '.join(reasons)})", 1)
+        raise CLIError(f"no convertible layer in {source}: {report.skip_summary()}", 1)
+    for note in report.warnings:
+        warnings.warn(note, UserWarning, stacklevel=1)
     payload = {"source": str(source), "report": report.to_dict()}
     prof = None
     if args.profile:
@@ -130,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             say(args, "")
             say(args, prof)
     if not args.dry_run:
-        save_model(small, out, overwrite=args.force)
+        write_model(small, out, args, args.arch)
         try:
             write_json(report_path, payload, args.force)
         except BaseException:

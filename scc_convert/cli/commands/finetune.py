@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import torch
 
 from ...inputs import input_channels
-from ..common import check_output, input_shape, load, say
+from ..common import add_output_args, check_output, input_shape, load, recorded_arch, say, write_model
 from ..parser import CLIError, add_common, add_model_args, device, floats
 
 NAME = "finetune"
@@ -19,12 +20,15 @@ DESCRIPTION = ("Fine-tune a converted model, with knowledge distillation from th
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="CONVERTED", help="the converted model (a pickled nn.Module: needs --trust-pickle)")
-    p.add_argument("--teacher", help="the original model (pickled nn.Module, or a state_dict with --arch)")
+    p.add_argument("model", metavar="CONVERTED",
+                   help="the converted model: a file written by scc-convert (built on the architecture it records, "
+                        "--arch, or the teacher), or a pickled nn.Module (with --trust-pickle)")
+    p.add_argument("--teacher", help="the original model (a state_dict with --arch, or a pickled nn.Module)")
     p.add_argument("--data", required=True,
                    help="an ImageFolder directory (with train/ and val/ subfolders, or one folder of class "
                         "folders), or 'digits' for scikit-learn's bundled handwritten digits")
-    p.add_argument("-o", "--output", help="where to write the fine-tuned module (default: CONVERTED_ft.pt)")
+    p.add_argument("-o", "--output", help="where to write the fine-tuned model (default: CONVERTED_ft.pt; weights only, "
+                                          "as scc-convert writes it)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--steps", type=int, help="stop after this many optimizer steps")
@@ -46,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-dir", help="write last.pt / best.pt here")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir/last.pt")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_output_args(p)
     add_model_args(p)
     add_common(p)
 
@@ -76,31 +81,52 @@ def _image_folder_loaders(args: argparse.Namespace):
     return loader(train, shuffle=True, drop_last=True, **kwargs), (loader(val, **kwargs) if val is not None else None)
 
 
+def _outputs(model: torch.nn.Module, data, device: torch.device) -> int | None:
+    """The size of the model's last output dimension on one image of ``data`` (eval mode)."""
+    x = next(iter(data))[0][:1].to(device)
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model.to(device)(x)
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+    out = getattr(out, "logits", out)
+    return out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() >= 1 else None
+
+
 def run(args: argparse.Namespace) -> int:
     from ...finetune import finetune
-    from ...io import save_model
 
     source = Path(args.model)
     out = Path(args.output) if args.output else source.with_name(source.stem + "_ft.pt")
     check_output(out, source, args.force)
     args.dtype = "float32"
     args.device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    student_args = argparse.Namespace(**{**vars(args), "arch": None})
-    student = load(args.model, student_args).train()
+    args.arch = args.arch or recorded_arch(args.model)  # the converted file names the teacher's architecture
     teacher = load(args.teacher, args) if args.teacher else None
+    student = load(args.model, args, base=teacher).train()
     if args.image_size is None:
         _, channels, args.image_size, _ = input_shape(student, None)
     else:
         channels = input_channels(student)
     if args.data == "digits":
-        from ...data import digits_loaders
+        from ...data import DIGITS_NUM_CLASSES, digits_loaders
 
         try:
             train, val = digits_loaders(batch_size=args.batch_size, image_size=args.image_size, channels=channels)
         except ImportError as err:
             raise CLIError(str(err), 1) from None
+        classes = DIGITS_NUM_CLASSES
     else:
         train, val = _image_folder_loaders(args)
+        classes = len(train.dataset.classes)
+    outputs = _outputs(student, train, args.device)
+    if outputs is not None and outputs != classes:
+        warnings.warn(f"the data has {classes} classes but the model has {outputs} outputs: the loss trains the "
+                      f"first {classes} (replace the classifier to match, if that is not what you want)",
+                      UserWarning, stacklevel=1)
     amp = {"auto": None, "off": False, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     try:
         result = finetune(
@@ -113,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(err), 1) from None
     if result.world_size > 1 and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return 0
-    save_model(result.model.cpu(), out, overwrite=args.force)
+    write_model(result.model.cpu(), out, args, args.arch or recorded_arch(args.model))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..common import load, say
+from ..common import load, recorded_arch, say
 from ..parser import DTYPES, CLIError, add_common, add_model_args, add_run_args, ints
 
 NAME = "profile"
@@ -29,8 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ... import profile
 
+    args.arch = args.arch or (recorded_arch(args.other) if args.other else None)  # the converted file names it
     before = load(args.model, args)
-    after = load(args.other, args) if args.other else None
+    after = load(args.other, args, base=before) if args.other else None
     try:
         report = profile(before, after, input_shape=args.input_shape, device=args.device, dtype=DTYPES[args.dtype],
                          batch_sizes=args.batch_sizes, train=args.train, latency=not args.no_latency, repeats=args.repeats)
