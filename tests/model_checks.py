@@ -39,6 +39,7 @@ def unit_layer_scale(model):
     the converted layers would hardly show in the output: make the branches count."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() == 1 and p.numel() > 1 and bool((p == p[0]).all()) and 0 < abs(p[0].item()) < 1e-3:
+            first = p.flatten()[0]
+            if p.numel() > 1 and bool((p == first).all()) and 0 < abs(first.item()) < 1e-3:
                 p.fill_(1.0)
     return model
