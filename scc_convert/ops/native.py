@@ -96,6 +96,19 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++"))
 
 
+def _cpp_extension():
+    """``torch.utils.cpp_extension``, imported without the warning it logs on a CUDA build of
+    torch on a machine with no CUDA runtime ("No CUDA runtime is found")."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.setLevel(level)
+    return cpp_extension
+
+
 def build(force: bool = False) -> Path:
     """Build the kernel into the cache (if not there yet, or ``force``) and return its path.
 
@@ -107,14 +120,13 @@ def build(force: bool = False) -> Path:
         >>> native.build().suffix
         '.so'
     """
-    from torch.utils import cpp_extension
-
     sources = source_dir()
     if sources is None:
         raise BuildError("the native kernel's C++ sources (csrc/) are not part of this installation")
     target = _cached_library(sources)
     if target.is_file() and not force:
         return target
+    cpp_extension = _cpp_extension()
     if _compiler() is None:
         raise BuildError(f"no C++ compiler found ({os.environ.get('CXX', 'c++')!r}; set CXX or install g++)")
     if not cpp_extension.is_ninja_available():
