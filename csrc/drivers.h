@@ -19,8 +19,10 @@
 
 namespace scc_native {
 
+// activation: an Activation code (kernels.h); residual: added before the activation.
 at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                   const at::Tensor& table, bool channels_last);
+                   const at::Tensor& table, bool channels_last, int64_t activation,
+                   const std::optional<at::Tensor>& residual);
 
 std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor& input,
                                             const at::Tensor& weight, const at::Tensor& table, bool channels_last,

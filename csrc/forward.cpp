@@ -1,9 +1,12 @@
-// The SCC forward on CPU: y[n, o, p] = bias[o] + sum_k W[o, k] * x[n, columns[w(o)][k], p].
+// The SCC forward on CPU: y[n, o, p] = act(bias[o] + sum_k W[o, k] * x[n, columns[w(o)][k], p]
+// + residual[n, o, p]), the residual and the activation being optional (the epilogue).
 //
 // Parallel over pixel blocks. Per block the input rows stay in cache while every window reads
 // them: per window, its output rows come from the rows() micro-kernel, written straight into
 // the output in output order (NCHW with unit-stride pixels), or into a packed tile that is
-// copied out once (channels_last, strided views, bf16/fp16, an image's ragged tail).
+// copied out once (channels_last, strided views, bf16/fp16, an image's ragged tail). The
+// epilogue runs on each group of rows as soon as rows() has finished them, while they are in
+// cache; the residual is read in place where the output is, else packed like the input.
 #include "drivers.h"
 
 #include <ATen/Parallel.h>
@@ -22,6 +25,15 @@ constexpr int64_t kMaxBlock = 1024;
 // Work (multiply-adds) below which a thread is not worth waking: small layers run serially.
 constexpr int64_t kParallelMacs = 1 << 19;
 
+// What the forward does after the sum: add a residual (nullptr: none), then an activation.
+template <typename S>
+struct Epilogue {
+  Activation activation = kNone;
+  const View<S>* residual = nullptr;
+
+  bool any() const { return activation != kNone || residual; }
+};
+
 template <typename T, typename S>
 struct Forward {
   const View<S>& x;
@@ -29,17 +41,21 @@ struct Forward {
   const T* bias;
   const Windows& win;
   const View<S>& y;
+  const Epilogue<S>& epi;
   const Kernels<T>& k = kernels<T>();
-  std::vector<int64_t> a_row, a_col, b_row_in, b_row_packed, c_row_in, c_row_packed;
+  std::vector<int64_t> a_row, a_col, b_row_in, b_row_packed, c_row_in, c_row_packed, r_row_in;
   std::vector<T> init;
   int64_t ld = 0, step = 0, depth_block = 0;
+  bool r_place = false;
 
-  Forward(const View<S>& x_, const Operand<T>& w_, const T* b_, const Windows& win_, const View<S>& y_)
-      : x(x_), weight(w_), bias(b_), win(win_), y(y_) {}
+  Forward(const View<S>& x_, const Operand<T>& w_, const T* b_, const Windows& win_, const View<S>& y_,
+          const Epilogue<S>& epi_)
+      : x(x_), weight(w_), bias(b_), win(win_), y(y_), epi(epi_) {}
 
   void run() {
     const int64_t L = k.lanes, cin = x.c, cout = y.c, gw = win.width, threads = at::get_num_threads();
     const bool x_place = can_run_in_place<T>(x), y_place = can_run_in_place<T>(y);
+    r_place = epi.residual && can_run_in_place<T>(*epi.residual);
     const bool per_image = cut_per_image(x.pixels(), L, x_place || y_place);
     const int64_t target = std::clamp<int64_t>(kInputTileBytes / (cin * int64_t(sizeof(T))), 4 * L, kMaxBlock);
     const Blocks blocks(x.n, x.pixels(), per_image, L, target, 2 * threads);
@@ -52,6 +68,7 @@ struct Forward {
     a_row.resize(cout);
     c_row_in.resize(cout);
     c_row_packed.resize(cout);
+    r_row_in.resize(epi.residual ? cout : 0);
     a_col.resize(gw);
     b_row_in.resize(win.count * gw);
     b_row_packed.resize(win.count * gw);
@@ -60,6 +77,7 @@ struct Forward {
       a_row[i] = win.outputs[i] * weight.s0;
       c_row_in[i] = win.outputs[i] * y.sc;
       c_row_packed[i] = win.outputs[i] * ld;
+      if (epi.residual) r_row_in[i] = win.outputs[i] * epi.residual->sc;
       if (bias) init[i] = bias[win.outputs[i]];
     }
     for (int64_t j = 0; j < gw; ++j) a_col[j] = j * weight.s1;
@@ -68,7 +86,7 @@ struct Forward {
       b_row_packed[i] = win.columns[i] * ld;
     }
 
-    const size_t scratch_elems = size_t((cin + cout) * ld);
+    const size_t scratch_elems = size_t((cin + (epi.residual ? 2 : 1) * cout) * ld);
     const int64_t grain = std::max<int64_t>(1, kParallelMacs / (blocks.size * cout * gw));
     at::parallel_for(0, blocks.count, grain, [&](int64_t begin, int64_t end) {
       T* scratch = static_cast<T*>(thread_scratch(scratch_elems * sizeof(T)));
@@ -87,7 +105,7 @@ struct Forward {
   // is a multiple of the vector length and the pixels lie in one image).
   void part(int64_t first, int64_t len, bool x_in, bool y_in, T* scratch, PixelRuns& px) {
     const int64_t padded = Blocks::round_up(len, k.lanes);
-    Tile<T> xt{scratch, ld}, yt{scratch + x.c * ld, ld};
+    Tile<T> xt{scratch, ld}, yt{scratch + x.c * ld, ld}, rt{scratch + (x.c + y.c) * ld, ld};
     if (x_in) {
       xt = in_place<T>(x, first);
     } else {
@@ -95,8 +113,22 @@ struct Forward {
       pack(x, px, x.c, xt.base, ld, padded, k);
     }
     if (y_in) yt = in_place<T>(y, first);
+    // The residual is read in place when the output is written in place and it can be.
+    const bool r_in = y_in && r_place;
+    if (epi.residual) {
+      if (r_in) {
+        rt = in_place<T>(*epi.residual, first);
+      } else {
+        px.build(*epi.residual, first, len);
+        pack(*epi.residual, px, y.c, rt.base, ld, padded, k);
+      }
+    }
     const std::vector<int64_t>& b_row = x_in ? b_row_in : b_row_packed;
     const std::vector<int64_t>& c_row = y_in ? c_row_in : c_row_packed;
+    const std::vector<int64_t>& r_row = r_in ? r_row_in : c_row_packed;
+    EpilogueArgs<T> e{};
+    e.r = epi.residual ? rt.base : nullptr;
+    e.activation = epi.activation;
     RowsArgs<T> a{};
     a.a = weight.data;
     a.a_col = a_col.data();
@@ -112,7 +144,18 @@ struct Forward {
         a.a_row = a_row.data() + first_out + r;
         a.c_row = c_row.data() + first_out + r;
         a.init = bias ? init.data() + first_out + r : nullptr;
-        k.rows(a, static_cast<int>(std::min<int64_t>(k.rows_max, m - r)));
+        const int rows = static_cast<int>(std::min<int64_t>(k.rows_max, m - r));
+        k.rows(a, rows);
+        if (epi.any()) {  // these rows are finished for these pixels
+          e.c = a.c;
+          e.c_row = a.c_row;
+          if (e.r) {
+            e.r = rt.base + p0;
+            e.r_row = r_row.data() + first_out + r;
+          }
+          e.pixels = a.pixels;
+          k.epilogue(e, rows);
+        }
       }
     };
     for (int64_t p0 = 0; p0 < padded; p0 += step)
@@ -124,21 +167,96 @@ struct Forward {
   }
 };
 
+// A channels_last tensor whose pixels all lie one step apart: pixel q's channel row starts at
+// q * step (0: not so).
+template <typename S>
+int64_t uniform_pixel_step(const View<S>& v) {
+  if (v.c > 1 && v.sc != 1) return 0;
+  const int64_t step = v.w > 1 ? v.sw : v.h > 1 ? v.sh / v.w : v.sn / (v.h * v.w);
+  const bool rows = v.h == 1 || v.sh == v.w * step, images = v.n == 1 || v.sn == v.h * v.w * step;
+  return step >= v.c && rows && images ? step : 0;
+}
+
+// The narrow kernel (kernels.h, NarrowArgs): channels_last, few input channels, fp32.
+template <typename T, typename S>
+bool run_narrow(const View<S>& x, const Operand<T>& weight, const T* bias, const Windows& win, const View<S>& y,
+                const Epilogue<S>& epi) {
+  const Kernels<T>& k = kernels<T>();
+  if constexpr (!std::is_same_v<T, S>) {
+    return false;
+  } else {
+    const int64_t xs = uniform_pixel_step(x), ys = uniform_pixel_step(y);
+    const int64_t rs = epi.residual ? uniform_pixel_step(*epi.residual) : 0;
+    if (!k.narrow || x.c > k.narrow_cin || x.c < 2 || !xs || !ys || (epi.residual && !rs)) return false;
+    const int64_t cout = y.c, gw = win.width, ldo = Blocks::round_up(cout, k.lanes);
+    std::vector<T> wt(gw * ldo, T(0)), b(ldo, T(0));
+    std::vector<int32_t> index(gw * ldo, 0);
+    for (int64_t w = 0; w < win.count; ++w) {
+      for (int64_t i = win.offsets[w]; i < win.offsets[w + 1]; ++i) {
+        const int64_t o = win.outputs[i];
+        for (int64_t j = 0; j < gw; ++j) {
+          wt[j * ldo + o] = weight.data[o * weight.s0 + j * weight.s1];
+          index[j * ldo + o] = static_cast<int32_t>(win.columns[w * gw + j]);
+        }
+      }
+    }
+    if (bias) std::copy(bias, bias + cout, b.begin());
+    NarrowArgs<T> a{};
+    a.x_step = xs;
+    a.y_step = ys;
+    a.r_step = rs;
+    a.cin = x.c;
+    a.cout = cout;
+    a.ldo = ldo;
+    a.gw = gw;
+    a.weight = wt.data();
+    a.index = index.data();
+    a.bias = b.data();
+    a.activation = epi.activation;
+    const int64_t pixels = x.n * x.h * x.w;
+    const int64_t grain = std::max<int64_t>(64, kParallelMacs / std::max<int64_t>(1, cout * gw));
+    at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
+      NarrowArgs<T> part = a;
+      part.x = x.data + begin * xs;
+      part.y = y.data + begin * ys;
+      part.r = epi.residual ? epi.residual->data + begin * rs : nullptr;
+      part.pixels = end - begin;
+      k.narrow(part);
+    });
+    return true;
+  }
+}
+
 }  // namespace
 
 at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                   const at::Tensor& table, bool channels_last) {
+                   const at::Tensor& table, bool channels_last, int64_t activation,
+                   const std::optional<at::Tensor>& residual) {
   check_operands(input, weight, bias ? &*bias : nullptr);
   const Windows win = parse_windows(table, input.size(1), weight.size(0), weight.size(1));
+  TORCH_CHECK(activation >= kNone && activation <= kGelu, "scc_native: unknown activation code ", activation);
   at::Tensor out = empty_like_layout(input, weight.size(0), channels_last);
+  if (residual) {
+    TORCH_CHECK(residual->sizes() == out.sizes() && residual->scalar_type() == input.scalar_type() &&
+                    residual->is_cpu(),
+                "scc_native: the residual must be a CPU tensor of the output's shape ", out.sizes(), " and dtype ",
+                input.scalar_type(), ", got ", residual->sizes(), " ", residual->scalar_type());
+  }
   if (out.numel() == 0) return out;
   dispatch_storage(input.scalar_type(), [&](auto storage, auto compute) {
     using S = decltype(storage);
     using T = decltype(compute);
     const Converted<T> w(weight), b(bias);
     const View<S> xv = view_of<S>(input), yv = view_of<S>(out);
+    View<S> rv{};
+    Epilogue<S> epi;
+    epi.activation = static_cast<Activation>(activation);
+    if (residual) {
+      rv = view_of<S>(*residual);
+      epi.residual = &rv;
+    }
     const Operand<T> wo = w.operand();
-    Forward<T, S>(xv, wo, b.data(), win, yv).run();
+    if (!run_narrow<T, S>(xv, wo, b.data(), win, yv, epi)) Forward<T, S>(xv, wo, b.data(), win, yv, epi).run();
   });
   return out;
 }

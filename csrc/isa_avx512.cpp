@@ -5,5 +5,6 @@
 #define SCC_VECTOR_BYTES 64
 #define SCC_ROWS_MAX 8
 #define SCC_ROWS_VECTORS 3
+#define SCC_NARROW 1
 #include "kernels_impl.h"
 #endif

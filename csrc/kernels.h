@@ -45,6 +45,43 @@ struct DotsArgs {
   int64_t ld;
 };
 
+// The forward's epilogue, applied in place to rows the forward has finished:
+// C_r[p] = act(C_r[p] + R_r[p]) (or act(C_r[p]) without a residual) for r < rows,
+// p < pixels, with C_r = c + c_row[r] and R_r = r + r_row[r].
+// The codes follow ACTIVATIONS in scc_convert/ops/epilogue.py.
+enum Activation : int64_t { kNone = 0, kRelu = 1, kRelu6 = 2, kHardswish = 3, kSilu = 4, kGelu = 5 };
+
+template <typename T>
+struct EpilogueArgs {
+  T* c;
+  const int64_t* c_row;
+  const T* r;  // nullptr: no residual
+  const int64_t* r_row;
+  int64_t pixels;
+  Activation activation;
+};
+
+// The channels_last forward of a layer with few input channels (cin <= Kernels::narrow_cin),
+// vectorised along output channels: an input pixel row fits in two registers, and each
+// output vector takes its lanes' window channels from them (one permute per weight column).
+//   y[p][o] = act(bias[o] + sum_k weight[k][o] * x[p][index[k][o]] + r[p][o])
+// for o < cout, p < pixels, with x[p] = x + p * x_step (channels contiguous), likewise y, r;
+// weight and index are [gw][ldo], bias [ldo], ldo = cout rounded up to the vector length.
+template <typename T>
+struct NarrowArgs {
+  const T* x;
+  int64_t x_step;
+  T* y;
+  int64_t y_step;
+  const T* r;  // nullptr: no residual
+  int64_t r_step;
+  int64_t pixels, cin, cout, ldo, gw;
+  const T* weight;
+  const int32_t* index;
+  const T* bias;
+  Activation activation;
+};
+
 template <typename T>
 struct Kernels {
   const char* isa;
@@ -54,6 +91,9 @@ struct Kernels {
   void (*rows)(const RowsArgs<T>& args, int rows);
   int dots_rows, dots_cols;  // largest dots() tile
   void (*dots)(const DotsArgs<T>& args, int rows, int cols);
+  void (*epilogue)(const EpilogueArgs<T>& args, int rows);
+  int narrow_cin;  // 0: no narrow kernel for this instruction set and type
+  void (*narrow)(const NarrowArgs<T>& args);
   // One lanes x lanes block between pixel-major rows and a channel-major tile:
   // to_tile: dst[c * ld + i] = src[i][c]; from_tile: dst[i][c] = src[c * ld + i].
   void (*to_tile)(const T* const* src, T* dst, int64_t ld);

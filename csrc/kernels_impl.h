@@ -5,6 +5,7 @@
 //   SCC_VECTOR_BYTES   bytes per vector register
 //   SCC_ROWS_MAX       rows of the rows() register tile
 //   SCC_ROWS_VECTORS   pixel vectors of the rows() register tile
+//   SCC_NARROW         (optional) build narrow(): AVX-512 only, it needs a two-register permute
 // No include guard: included once per instruction set. Everything but the table accessors
 // has internal linkage, so no code compiled for one instruction set is shared with another.
 //
@@ -12,11 +13,20 @@
 // B_m and broadcasts one A(r, m) per row: R * NV fused multiply-adds for NV + R loads.
 // dots(): a tile of R x C dot products over pixels, each a vector accumulator; R * C equals
 // the vector length, so one transposing reduction turns the tile into one vector of sums.
+// epilogue(): the forward's residual add and activation on finished rows, vector by vector.
+// narrow(): channels_last rows of a layer with at most 32 input channels, vectorised along
+// output channels (AVX-512 permutes; see NarrowArgs).
 
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 #include "kernels.h"
+
+#if defined(SCC_NARROW)
+#include <immintrin.h>
+#endif
 
 #if defined(__clang__)
 #define SCC_UNROLL _Pragma("unroll")
@@ -280,6 +290,182 @@ void dots(const DotsArgs<T>& a, int rows, int cols) {
   if constexpr (R > 1) dots<T, R - 1>(a, rows, cols);
 }
 
+// -- epilogue ------------------------------------------------------------------------------
+
+template <typename T>
+struct Bits {  // the integer vector of a comparison's result (all ones where true)
+  using lane = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef lane type __attribute__((vector_size(SCC_VECTOR_BYTES)));
+};
+
+// Lanes of a where mask is set, else of b.
+template <typename V, typename M>
+SCC_TARGET SCC_INLINE V where(M mask, V a, V b) {
+  return (V)((mask & (M)a) | (~mask & (M)b));
+}
+
+// max(v, lo) and min(v, hi) that keep NaN, as torch's clamps do.
+template <typename V>
+SCC_TARGET SCC_INLINE V at_least(V v, V lo) {
+  return where(v < lo, lo, v);
+}
+template <typename V>
+SCC_TARGET SCC_INLINE V at_most(V v, V hi) {
+  return where(v > hi, hi, v);
+}
+
+// e^v on float lanes: Cephes' expf (within 1 ulp where the result is a normal number);
+// v is clamped to [-87.34, 88.38], the range of normal results; NaN stays NaN.
+SCC_TARGET SCC_INLINE Vec<float>::type exp_lanes(Vec<float>::type x) {
+  using V = Vec<float>::type;
+  using M = Bits<float>::type;
+  const V v = at_most(at_least(x, splat<V>(-87.3365447f)), splat<V>(88.3762626f));
+  const V t = v * splat<V>(1.44269504088896341f) + splat<V>(0.5f);
+  V n = __builtin_convertvector(__builtin_convertvector(t, M), V);
+  n = where(n > t, n - splat<V>(1.0f), n);  // floor
+  const V r = v - n * splat<V>(0.693359375f) - n * splat<V>(-2.12194440e-4f);
+  V p = splat<V>(1.9875691500e-4f);
+  p = p * r + splat<V>(1.3981999507e-3f);
+  p = p * r + splat<V>(8.3334519073e-3f);
+  p = p * r + splat<V>(4.1665795894e-2f);
+  p = p * r + splat<V>(1.6666665459e-1f);
+  p = p * r + splat<V>(5.0000001201e-1f);
+  p = p * (r * r) + r + splat<V>(1.0f);
+  const M scale = (__builtin_convertvector(n, M) + 127) << 23;  // 2^n
+  return where(v != v, v, p * (V)scale);
+}
+
+// erf on float lanes, as ATen's vectorised erf computes it (Abramowitz & Stegun 7.1.26,
+// |error| < 1.5e-7): what torch's own CPU GELU uses.
+SCC_TARGET SCC_INLINE Vec<float>::type erf_lanes(Vec<float>::type x) {
+  using V = Vec<float>::type;
+  using M = Bits<float>::type;
+  const M sign = (M)x & splat<M>(int32_t(0x80000000u));
+  const V a = (V)((M)x & ~sign);
+  const V t = splat<V>(1.0f) / (splat<V>(0.3275911f) * a + splat<V>(1.0f));
+  V r = splat<V>(1.061405429f) * t + splat<V>(-1.453152027f);
+  r = r * t + splat<V>(1.421413741f);
+  r = r * t + splat<V>(-0.284496736f);
+  r = r * t + splat<V>(0.254829592f);
+  const V e = exp_lanes(-(x * x));
+  return (V)((M)(splat<V>(1.0f) - e * t * r) | sign);
+}
+
+// act(v), lane by lane, as torch computes each activation.
+template <typename T, Activation A>
+SCC_TARGET SCC_INLINE typename Vec<T>::type activate(typename Vec<T>::type v) {
+  using V = typename Vec<T>::type;
+  if constexpr (A == kRelu) {
+    return at_least(v, V{});
+  } else if constexpr (A == kRelu6) {
+    return at_most(at_least(v, V{}), splat<V>(T(6)));
+  } else if constexpr (A == kHardswish) {
+    return v * at_most(at_least(v + splat<V>(T(3)), V{}), splat<V>(T(6))) / splat<V>(T(6));
+  } else if constexpr (A == kSilu || A == kGelu) {
+    if constexpr (std::is_same_v<T, float>) {
+      if constexpr (A == kSilu) return v / (splat<V>(1.0f) + exp_lanes(-v));
+      return v * splat<V>(0.5f) * (splat<V>(1.0f) + erf_lanes(v * splat<V>(float(M_SQRT1_2))));
+    } else {  // double (the tests' precision): the C library, lane by lane
+      for (int l = 0; l < Vec<T>::lanes; ++l) {
+        const T s = v[l];
+        v[l] = A == kSilu ? s / (T(1) + std::exp(-s)) : s * T(0.5) * (T(1) + std::erf(s * T(M_SQRT1_2)));
+      }
+      return v;
+    }
+  } else {
+    return v;
+  }
+}
+
+template <typename T, Activation A>
+SCC_TARGET void epilogue_rows(const EpilogueArgs<T>& a, int rows) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::lanes;
+  for (int r = 0; r < rows; ++r) {
+    T* c = a.c + a.c_row[r];
+    if (a.r) {
+      const T* res = a.r + a.r_row[r];
+      for (int64_t p = 0; p < a.pixels; p += L) store(c + p, activate<T, A>(load<V>(c + p) + load<V>(res + p)));
+    } else {
+      for (int64_t p = 0; p < a.pixels; p += L) store(c + p, activate<T, A>(load<V>(c + p)));
+    }
+  }
+}
+
+template <typename T>
+void epilogue(const EpilogueArgs<T>& a, int rows) {
+  switch (a.activation) {
+    case kRelu: return epilogue_rows<T, kRelu>(a, rows);
+    case kRelu6: return epilogue_rows<T, kRelu6>(a, rows);
+    case kHardswish: return epilogue_rows<T, kHardswish>(a, rows);
+    case kSilu: return epilogue_rows<T, kSilu>(a, rows);
+    case kGelu: return epilogue_rows<T, kGelu>(a, rows);
+    default: return epilogue_rows<T, kNone>(a, rows);
+  }
+}
+
+// -- narrow (AVX-512) ----------------------------------------------------------------------
+
+#if defined(SCC_NARROW)
+static_assert(SCC_VECTOR_BYTES == 64, "narrow() is written for 16 float lanes");
+
+SCC_TARGET SCC_INLINE __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
+
+// R pixels: their input rows in registers, then every output vector of each.
+template <Activation A, int R>
+SCC_TARGET SCC_INLINE void narrow_pixels(const NarrowArgs<float>& a, int64_t p) {
+  using V = Vec<float>::type;
+  const __mmask16 lo_lanes = first_lanes(a.cin), hi_lanes = first_lanes(a.cin - 16);
+  __m512 lo[R], hi[R];
+  SCC_UNROLL
+  for (int r = 0; r < R; ++r) {
+    const float* x = a.x + (p + r) * a.x_step;
+    lo[r] = _mm512_maskz_loadu_ps(lo_lanes, x);
+    hi[r] = _mm512_maskz_loadu_ps(hi_lanes, x + 16);
+  }
+  for (int64_t j = 0; j < a.ldo; j += 16) {
+    const __m512 b = _mm512_loadu_ps(a.bias + j);
+    __m512 acc[R];
+    SCC_UNROLL
+    for (int r = 0; r < R; ++r) acc[r] = b;
+    for (int64_t k = 0; k < a.gw; ++k) {
+      const __m512i idx = _mm512_loadu_si512(a.index + k * a.ldo + j);
+      const __m512 w = _mm512_loadu_ps(a.weight + k * a.ldo + j);
+      SCC_UNROLL
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo[r], idx, hi[r]), w, acc[r]);
+    }
+    const __mmask16 out = first_lanes(a.cout - j);
+    SCC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      V v = (V)acc[r];
+      if (a.r) v += (V)_mm512_maskz_loadu_ps(out, a.r + (p + r) * a.r_step + j);
+      _mm512_mask_storeu_ps(a.y + (p + r) * a.y_step + j, out, (__m512)activate<float, A>(v));
+    }
+  }
+}
+
+template <Activation A>
+SCC_TARGET void narrow_act(const NarrowArgs<float>& a) {
+  constexpr int R = 8;
+  int64_t p = 0;
+  for (; p + R <= a.pixels; p += R) narrow_pixels<A, R>(a, p);
+  for (; p < a.pixels; ++p) narrow_pixels<A, 1>(a, p);
+}
+
+void narrow(const NarrowArgs<float>& a) {
+  switch (a.activation) {
+    case kRelu: return narrow_act<kRelu>(a);
+    case kRelu6: return narrow_act<kRelu6>(a);
+    case kHardswish: return narrow_act<kHardswish>(a);
+    case kSilu: return narrow_act<kSilu>(a);
+    case kGelu: return narrow_act<kGelu>(a);
+    default: return narrow_act<kNone>(a);
+  }
+}
+#endif
+
 template <typename T>
 Kernels<T> make_kernels(const char* isa) {
   Kernels<T> k{};
@@ -291,6 +477,13 @@ Kernels<T> make_kernels(const char* isa) {
   k.dots_rows = DotsTile<T>::rows;
   k.dots_cols = DotsTile<T>::cols;
   k.dots = &dots<T>;
+  k.epilogue = &epilogue<T>;
+#if defined(SCC_NARROW)
+  if constexpr (std::is_same_v<T, float>) {
+    k.narrow_cin = 32;
+    k.narrow = &narrow;
+  }
+#endif
   k.to_tile = &to_tile<T>;
   k.from_tile = &from_tile<T>;
   return k;

@@ -18,7 +18,9 @@ std::string info() {
 }  // namespace
 
 TORCH_LIBRARY(scc_native, m) {
-  m.def("forward(Tensor input, Tensor weight, Tensor? bias, Tensor windows, bool channels_last) -> Tensor");
+  m.def(
+      "forward(Tensor input, Tensor weight, Tensor? bias, Tensor windows, bool channels_last, int activation, "
+      "Tensor? residual) -> Tensor");
   m.def(
       "backward(Tensor grad_output, Tensor input, Tensor weight, Tensor windows, bool channels_last, "
       "bool input_grad, bool weight_grad) -> (Tensor, Tensor)");

@@ -12,8 +12,11 @@ Public API:
   the conversion recipe) and back, without unpickling code.
 * :func:`profile` — MACs/FLOPs, parameters, size and latency, before vs after
   (:class:`ProfileReport`).
-* :func:`export_onnx` / :func:`export_program` — ONNX with SCC as standard ops (checked in
-  onnxruntime) / ``torch.export`` programs.
+* :func:`optimize_for_inference` — BatchNorm folded into the SCC layers, the following
+  activation and residual add fused into their kernels (:class:`FusedSCCConv2d`).
+* :func:`export_onnx` / :func:`export_program` / :func:`export_aoti` — ONNX with SCC as
+  standard ops (checked in onnxruntime) / ``torch.export`` programs / AOTInductor packages
+  that run without Python model code.
 * :func:`finetune` — distillation / cross-entropy fine-tuning, AMP, checkpoints, torchrun
   (:class:`FinetuneResult`).
 * ``torch.ops.scc.scc_conv2d`` — the registered op (fake kernel, autograd, FLOP formula).
@@ -26,6 +29,8 @@ from . import functional
 from .convert import ConversionReport, convert, register_conv_adapter
 from .geometry import SCCGeometry
 from .nn import DWSCCConv2d, SCCConv2d, SCCLinear
+from .fused import FusedSCCConv2d
+from .optimize import FusionSummary, optimize_for_inference
 from .export import export_onnx, export_program
 from .finetune import FinetuneResult, finetune
 from .profile import ProfileReport, profile
@@ -34,5 +39,6 @@ from .saving import load, save
 __all__ = [
     "SCCConv2d", "SCCLinear", "DWSCCConv2d", "SCCGeometry", "functional", "convert", "ConversionReport", "register_conv_adapter",
     "save", "load", "profile", "ProfileReport", "finetune", "FinetuneResult", "export_onnx", "export_program",
+    "FusedSCCConv2d", "optimize_for_inference", "FusionSummary",
 ]
 __version__ = "0.1.0"

@@ -20,9 +20,10 @@ from types import ModuleType
 
 import torch
 
-from . import native, torch_path
+from . import epilogue, native, torch_path
 
-__all__ = ["cuda_backend", "cuda_forward", "cuda_backward", "cpu_forward", "cpu_backward", "describe"]
+__all__ = ["cuda_backend", "cuda_forward", "cuda_backward", "cuda_forward_fused", "cpu_forward", "cpu_backward",
+           "cpu_forward_fused", "describe"]
 
 _CUDA_ENV = "SCC_CONVERT_CUDA_BACKEND"
 
@@ -74,6 +75,19 @@ def cuda_backward(grad_output, input, weight, cg, co, window_of, input_grad, wei
     return _cuda_impl().scc_backward(grad_output, input, weight, cg, co, window_of, input_grad, weight_grad)
 
 
+def _torch_path_fused(input, weight, bias, cg, co, window_of, activation, residual):
+    return epilogue.apply(torch_path.scc_forward(input, weight, bias, cg, co, window_of), activation, residual)
+
+
+def cuda_forward_fused(input, weight, bias, cg, co, window_of, activation, residual):
+    """The CUDA kernel of ``scc::scc_conv2d_fused``: the epilogue in the Triton forward kernel."""
+    epilogue.check_call(input, weight, activation, residual)
+    impl = _cuda_impl()
+    if impl is torch_path:
+        return _torch_path_fused(input, weight, bias, cg, co, window_of, activation, residual)
+    return impl.scc_forward(input, weight, bias, cg, co, window_of, activation, residual)
+
+
 def _cpu_impl(dtype: torch.dtype):
     return native if dtype in native.SUPPORTED_DTYPES and native.cpu_backend() == "native" else torch_path
 
@@ -86,6 +100,14 @@ def cpu_forward(input, weight, bias, cg, co, window_of):
 def cpu_backward(grad_output, input, weight, cg, co, window_of, input_grad, weight_grad):
     """The CPU kernel of ``scc::scc_conv2d_backward``."""
     return _cpu_impl(input.dtype).scc_backward(grad_output, input, weight, cg, co, window_of, input_grad, weight_grad)
+
+
+def cpu_forward_fused(input, weight, bias, cg, co, window_of, activation, residual):
+    """The CPU kernel of ``scc::scc_conv2d_fused``: the epilogue in the native kernel."""
+    epilogue.check_call(input, weight, activation, residual)
+    if _cpu_impl(input.dtype) is native:
+        return native.scc_forward(input, weight, bias, cg, co, window_of, activation, residual)
+    return _torch_path_fused(input, weight, bias, cg, co, window_of, activation, residual)
 
 
 def _cpu() -> dict:

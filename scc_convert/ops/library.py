@@ -108,37 +108,39 @@ def scc_conv2d_backward_flop(
     return 2 * _scc_macs(input_shape, weight_shape) * (int(bool(input_grad)) + int(bool(weight_grad)))
 
 
-def _register_autocast() -> None:
-    """Under autocast, run the op in the autocast dtype of the input's device (bf16/fp16).
+def register_autocast(name: str) -> None:
+    """Under autocast, run ``scc::<name>`` in the autocast dtype of the input's device (bf16/fp16).
 
     ``torch.library.register_autocast`` casts to one fixed dtype; this follows whatever dtype
-    the enclosing ``torch.autocast`` region asked for.
+    the enclosing ``torch.autocast`` region asked for. Every floating-point tensor argument on
+    that device is cast.
     """
-    global _AUTOCAST_LIB
-    _AUTOCAST_LIB = torch.library.Library(_NS, "FRAGMENT")
+    lib = torch.library.Library(_NS, "FRAGMENT")
+    _AUTOCAST_LIBS.append(lib)
+    op = getattr(torch.ops.scc, name)
     for device_type in ("cpu", "cuda"):
         if not torch.amp.is_autocast_available(device_type):
             continue
         key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
         exclude = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key_name))
 
-        def kernel(_keyset, input, weight, bias, cg, co, window_of, device_type=device_type, exclude=exclude):
+        def kernel(_keyset, *args, device_type=device_type, exclude=exclude):
             dtype = torch.get_autocast_dtype(device_type)
 
             def cast(t):
-                if t is not None and t.is_floating_point() and t.device.type == device_type:
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and t.device.type == device_type:
                     return t.to(dtype)
                 return t
 
             with torch._C._ExcludeDispatchKeyGuard(exclude):
-                return torch.ops.scc.scc_conv2d(cast(input), cast(weight), cast(bias), cg, co, window_of)
+                return op(*(cast(a) for a in args))
 
-        _AUTOCAST_LIB.impl("scc_conv2d", kernel, key_name, with_keyset=True)
+        lib.impl(name, kernel, key_name, with_keyset=True)
 
 
 # Kept alive for the process: dropping a Library removes its kernels. ``globals().get`` keeps
-# the handle when the module is reloaded (registration itself is skipped then).
-_AUTOCAST_LIB: torch.library.Library | None = globals().get("_AUTOCAST_LIB")
+# the handles when the module is reloaded (registration itself is skipped then).
+_AUTOCAST_LIBS: list[torch.library.Library] = globals().get("_AUTOCAST_LIBS", [])
 
 
 def _register() -> None:
@@ -157,7 +159,7 @@ def _register() -> None:
     fwd.register_autograd(_autograd_backward, setup_context=_setup_context)
     register_flop_formula(torch.ops.scc.scc_conv2d)(scc_conv2d_flop)
     register_flop_formula(torch.ops.scc.scc_conv2d_backward)(scc_conv2d_backward_flop)
-    _register_autocast()
+    register_autocast("scc_conv2d")
 
 
 if not _already_registered():

@@ -37,11 +37,12 @@ import torch
 from torch import Tensor
 
 from ..geometry import SCCGeometry
-from . import common
+from . import common, epilogue
 from .native_build import SOURCES as _SOURCES
 from .native_build import compile_flags
 
-__all__ = ["status", "cpu_backend", "build", "use_backend", "BuildError", "scc_forward", "scc_backward", "SUPPORTED_DTYPES"]
+__all__ = ["status", "cpu_backend", "build", "use_backend", "BuildError", "scc_forward", "scc_backward", "window_table",
+           "library_path", "SUPPORTED_DTYPES"]
 
 log = logging.getLogger("scc_convert")
 
@@ -168,6 +169,26 @@ def _requested() -> str | None:
     return value
 
 
+_library: Path | None = None  # the kernel's shared library, once loaded
+
+
+def _load_library(path: Path) -> None:
+    global _library
+    torch.ops.load_library(str(path))
+    _library = path
+    _register_fakes()
+
+
+def library_path() -> Path | None:
+    """The shared library of the native kernel this process loaded (``None``: not loaded).
+
+    A program that runs an AOTInductor package of a converted model loads it first
+    (``torch.ops.load_library``); :func:`scc_convert.export_aoti` copies it beside the package.
+    """
+    _resolve()
+    return _library
+
+
 def _load() -> dict:
     if _requested() == "torch":
         return {"available": False, "source": None, "reason": f"{ENV_BACKEND}=torch"}
@@ -175,7 +196,7 @@ def _load() -> dict:
     builtin = _builtin_library()
     if builtin is not None:
         try:
-            torch.ops.load_library(str(builtin))
+            _load_library(builtin)
             return {"available": True, "source": "built-in", "reason": None}
         except OSError as err:
             reasons.append(f"the built-in kernel {builtin.name} does not load ({str(err).splitlines()[0]})")
@@ -183,7 +204,7 @@ def _load() -> dict:
     try:
         if sources is None or not _cached_library(sources).is_file():
             log.warning("scc_convert: building the native CPU kernel into %s (once; about a minute)", cache_dir())
-        torch.ops.load_library(str(build()))
+        _load_library(build())
         return {"available": True, "source": "jit-cache", "reason": None}
     except (BuildError, OSError) as err:
         reasons.append(str(err).splitlines()[0])
@@ -273,13 +294,22 @@ def _channels_last(input: Tensor) -> bool:
     return common.output_memory_format(input) == torch.channels_last
 
 
+def window_table(geom: SCCGeometry, window_of: Sequence[int] | None) -> Tensor:
+    """The kernel's window table of a layer (``csrc/windows.h``), from
+    :meth:`SCCGeometry.window_table`; cached, so callers must not modify it."""
+    return _window_table(geom, None if window_of is None else tuple(int(w) for w in window_of))
+
+
 def scc_forward(input: Tensor, weight: Tensor, bias: Tensor | None, cg: int, co: float,
-            window_of: Sequence[int] | None) -> Tensor:
-    """The SCC forward on the native kernel (the contract of ``torch_path.scc_forward``)."""
+            window_of: Sequence[int] | None, activation: str = "none", residual: Tensor | None = None) -> Tensor:
+    """The SCC forward on the native kernel (the contract of ``torch_path.scc_forward``), with
+    the fused op's epilogue (``ops/epilogue.py``) when ``activation`` or ``residual`` is given."""
     _require()
     geom = common.geometry_for(input, weight, cg, co)
-    table = _window_table(geom, None if window_of is None else tuple(window_of))
-    return torch.ops.scc_native.forward.default(input, weight, bias, table, _channels_last(input))
+    return torch.ops.scc_native.forward.default(
+        input, weight, bias, window_table(geom, window_of), _channels_last(input),
+        epilogue.activation_code(activation), residual,
+    )
 
 
 def scc_backward(grad_output: Tensor, input: Tensor, weight: Tensor, cg: int, co: float,
@@ -287,7 +317,29 @@ def scc_backward(grad_output: Tensor, input: Tensor, weight: Tensor, cg: int, co
     """The SCC backward on the native kernel (the contract of ``torch_path.scc_backward``)."""
     _require()
     geom = common.geometry_for(input, weight, cg, co)
-    table = _window_table(geom, None if window_of is None else tuple(window_of))
     return torch.ops.scc_native.backward.default(
-        grad_output, input, weight, table, _channels_last(input), input_grad, weight_grad
+        grad_output, input, weight, window_table(geom, window_of), _channels_last(input), input_grad, weight_grad
     )
+
+
+# -- fake kernels of the private ops (torch.compile and AOTInductor call them directly) ----
+
+
+def _forward_fake(input, weight, bias, windows, channels_last, activation, residual):
+    n, _, h, w = input.shape
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((n, weight.shape[0], h, w), dtype=input.dtype, device=input.device, memory_format=fmt)
+
+
+def _backward_fake(grad_output, input, weight, windows, channels_last, input_grad, weight_grad):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    grad_input = torch.empty(input.shape, dtype=input.dtype, device=input.device, memory_format=fmt) if input_grad else input.new_empty(0)
+    grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format) if weight_grad else input.new_empty(0)
+    return grad_input, grad_weight
+
+
+def _register_fakes() -> None:
+    """Fake kernels for ``scc_native::forward`` / ``backward``, registered when the kernel
+    is loaded: the compiled graphs of ``ops/inductor.py`` call these ops directly."""
+    torch.library.register_fake("scc_native::forward", _forward_fake)
+    torch.library.register_fake("scc_native::backward", _backward_fake)

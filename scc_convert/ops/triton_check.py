@@ -17,6 +17,10 @@ Each compiled kernel must:
 * have every ``tl.dot`` dimension >= 16 (Triton's minimum for fp16/bf16, which the
   interpreter does not enforce).
 
+The forward is also compiled with the fused op's epilogue (bias, a residual in the other
+layout, an activation), one variant per layout x dtype, the activations taken in turn so that
+each is compiled for several dtypes.
+
 It prints one row per kernel x configuration x architecture and exits with status 1 if any
 check fails. Run it without ``TRITON_INTERPRET``.
 """
@@ -140,8 +144,10 @@ def _plans(kernel: str, config):
     """Every launch of ``kernel`` with ``config`` over dtypes, layouts and TF32 settings:
     ``(description, dtype, tf32, launch)``."""
     from .common import empty_output, geometry_for
+    from .epilogue import ACTIVATIONS
     from .triton_kernels import configs, launch
 
+    fused = 0  # forward variants with the epilogue so far
     for problem in PROBLEMS:
         for dtype in DTYPES:
             for tf32 in _precisions(dtype):
@@ -158,8 +164,12 @@ def _plans(kernel: str, config):
                     what = f"{problem.layout} {str(dtype).removeprefix('torch.')}{' tf32' if tf32 else ''}"
                     if kernel == "forward":
                         yield what, dtype, tf32, launch.plan_forward(y, x, w, None, geom, None, config)
-                        yield what + " bias", dtype, tf32, launch.plan_forward(
-                            y, x, w, w[:, 0].contiguous(), geom, None, config)
+                        bias = w[:, 0].contiguous()
+                        yield what + " bias", dtype, tf32, launch.plan_forward(y, x, w, bias, geom, None, config)
+                        act = ACTIVATIONS[1 + fused % (len(ACTIVATIONS) - 1)]
+                        fused += 1
+                        yield f"{what} bias residual {act}", dtype, tf32, launch.plan_forward(
+                            y, x, w, bias, geom, None, config, activation=act, residual=grads[1])
                     elif kernel == "grad_input":
                         for gy in grads:
                             gx = empty_output(x, tuple(x.shape))

@@ -11,6 +11,10 @@ compiler what it may assume, so contiguous dimensions vectorise:
 ``0`` any strides; ``1`` NCHW with the pixels of an image contiguous (``sW == 1``,
 ``sH == W``); ``2`` channels_last with flat pixels (``sC == 1``, ``sH == W * sW``).
 
+The forward's epilogue (``ops/epilogue.py``): bias, then an optional residual, then an
+optional activation (``ACTIVATION``: the code of its name in ``ACTIVATIONS``), on the
+accumulator before the one store.
+
 Accumulation is fp32 (fp64 for fp64 inputs). ``DOT_FP32`` upcasts the dot operands to fp32:
 the launcher sets it only under ``TRITON_INTERPRET=1``, whose bf16 dot is wrong (triton
 issue 11584). ``PRECISION`` is ``tl.dot``'s ``input_precision`` (``"tf32"`` or ``"ieee"``).
@@ -75,18 +79,38 @@ def _forward_band_step(
 
 
 @triton.jit
+def _activate(acc, ACTIVATION: tl.constexpr):
+    """The epilogue's activation, as torch computes it (codes: ``ACTIVATIONS`` in
+    ``ops/epilogue.py``; 0 is none)."""
+    if ACTIVATION == 1:  # relu
+        acc = tl.where(acc < 0, 0.0, acc)
+    elif ACTIVATION == 2:  # relu6
+        acc = tl.where(acc < 0, 0.0, tl.where(acc > 6, 6.0, acc))
+    elif ACTIVATION == 3:  # hardswish
+        t = acc + 3.0
+        acc = acc * tl.where(t < 0, 0.0, tl.where(t > 6, 6.0, t)) / 6.0
+    elif ACTIVATION == 4:  # silu
+        acc = acc / (1.0 + tl.exp(-acc))
+    elif ACTIVATION == 5:  # gelu (exact, erf)
+        acc = acc * 0.5 * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+    return acc
+
+
+@triton.jit
 def scc_forward_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, row_out_ptr, row_start_ptr, tile_band_ptr,
+    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, row_out_ptr, row_start_ptr, tile_band_ptr,
     C_in, C_out, H, W, gw,
     s_xn, s_xc, s_xh, s_xw,
+    s_rn, s_rc, s_rh, s_rw,
     s_yn, s_yc, s_yh, s_yw,
-    HAS_BIAS: tl.constexpr, X_LAYOUT: tl.constexpr, Y_LAYOUT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
+    X_LAYOUT: tl.constexpr, R_LAYOUT: tl.constexpr, Y_LAYOUT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, START_ALIGN: tl.constexpr,
     ACC_FP64: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Output-centric forward. Grid: (row tiles, pixel tiles, images). A program computes
-    ``BM`` sorted rows x ``BN`` pixels of one image from its tile's band of input channels
-    and stores them straight into output order."""
+    ``BM`` sorted rows x ``BN`` pixels of one image from its tile's band of input channels,
+    applies the epilogue and stores them straight into output order."""
     tile = tl.program_id(0)
     pid_p = tl.program_id(1)
     n = tl.program_id(2).to(tl.int64)
@@ -117,12 +141,18 @@ def scc_forward_kernel(
         acc, x_img, w_ptr, row_out, row_off, row_ok, x_pix, pix_ok,
         0, head, band - head, s_xc, gw, BK, X_LAYOUT, DOT_FP32, PRECISION,
     )
+    out_ok = row_ok[:, None] & pix_ok[None, :]
     if HAS_BIAS:
         bias = tl.load(b_ptr + row_out, mask=row_ok, other=0.0)
         acc += bias.to(acc.dtype)[:, None]
+    if HAS_RESIDUAL:
+        r = r_ptr + n * s_rn + _channel_offsets(row_out, s_rc, R_LAYOUT)[:, None]
+        r += _pixel_offsets(pix, W, s_rh, s_rw, R_LAYOUT)[None, :]
+        acc += tl.load(r, mask=out_ok, other=0.0).to(acc.dtype)
+    acc = _activate(acc, ACTIVATION)
     y = y_ptr + n * s_yn + _channel_offsets(row_out, s_yc, Y_LAYOUT)[:, None]
     y += _pixel_offsets(pix, W, s_yh, s_yw, Y_LAYOUT)[None, :]
-    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & pix_ok[None, :])
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
 
 
 @triton.jit

@@ -20,6 +20,7 @@ import triton
 from torch import Tensor
 
 from ...geometry import SCCGeometry, SortedRows
+from .. import epilogue
 from ..common import empty_output, geometry_for, output_memory_format
 from . import configs
 from .kernels import (
@@ -166,23 +167,27 @@ def _multiprocessors(device: torch.device) -> int:
 def plan_forward(
     out: Tensor, input: Tensor, weight: Tensor, bias: Tensor | None, geom: SCCGeometry,
     window_of: Sequence[int] | None, config: configs.Config | None = None,
+    activation: str = "none", residual: Tensor | None = None,
 ) -> Launch:
-    """Plan ``out = scc(input)``; ``out`` is ``[N, Cout, H, W]`` in a dense layout.
-    ``config`` overrides the rule's choice (the compile check uses it)."""
+    """Plan ``out = act(scc(input) + bias + residual)``; ``out`` is ``[N, Cout, H, W]`` in a
+    dense layout, ``residual`` (optional) any layout of that shape. ``config`` overrides the
+    rule's choice (the compile check uses it)."""
     n, cin, h, w = input.shape
     rows = _sorted_rows(geom, window_of)
     config = _chosen(config, input.dtype, configs.pick_forward, rows, h * w)
     row_out, row_start = _row_tables(rows, input.device)
     x_code, x_strides = _addressing(input)
     y_code, y_strides = _addressing(out)
+    r_code, r_strides = (y_code, y_strides) if residual is None else _addressing(residual)
     grid = (triton.cdiv(geom.out_channels, config.rows), triton.cdiv(h * w, config.cols), n)
     args = (
-        input, weight, weight if bias is None else bias, out, row_out, row_start,
-        _tile_table(rows, "rows", config.rows, input.device),
-        cin, geom.out_channels, h, w, geom.group_width, *x_strides, *y_strides,
+        input, weight, weight if bias is None else bias, out if residual is None else residual, out,
+        row_out, row_start, _tile_table(rows, "rows", config.rows, input.device),
+        cin, geom.out_channels, h, w, geom.group_width, *x_strides, *r_strides, *y_strides,
     )
     meta = dict(
-        HAS_BIAS=bias is not None, X_LAYOUT=x_code, Y_LAYOUT=y_code,
+        HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
+        ACTIVATION=epilogue.activation_code(activation), X_LAYOUT=x_code, R_LAYOUT=r_code, Y_LAYOUT=y_code,
         BM=config.rows, BN=config.cols, BK=config.k, START_ALIGN=rows.start_alignment,
         **_common_meta(input.dtype, config),
     )
@@ -271,12 +276,13 @@ def plan_sum_splits(out: Tensor, partial: Tensor) -> Launch:
 # -- the op's contract ----------------------------------------------------------------------
 
 
-def forward_into(out, input, weight, bias, geom, window_of) -> Tensor:
-    """Write the SCC of ``input`` into the preallocated ``out``; returns ``out``."""
+def forward_into(out, input, weight, bias, geom, window_of, activation: str = "none",
+                 residual: Tensor | None = None) -> Tensor:
+    """Write ``act(scc(input) + bias + residual)`` into the preallocated ``out``; returns ``out``."""
     if out.numel():
         with _device_guard(input):
             plan_forward(out, input, weight.contiguous(), None if bias is None else bias.contiguous(),
-                         geom, window_of).run()
+                         geom, window_of, activation=activation, residual=residual).run()
     return out
 
 
@@ -311,15 +317,18 @@ def _dense_grad_output(grad_output: Tensor, input: Tensor) -> Tensor:
 
 
 def scc_forward(
-    input: Tensor, weight: Tensor, bias: Tensor | None, cg: int, co: float, window_of: Sequence[int] | None
+    input: Tensor, weight: Tensor, bias: Tensor | None, cg: int, co: float, window_of: Sequence[int] | None,
+    activation: str = "none", residual: Tensor | None = None,
 ) -> Tensor:
     """SCC forward on an ``[N, Cin, H, W]`` input (NCHW, channels_last or any strided view);
-    returns ``[N, Cout, H, W]`` in the layout of ``common.empty_output``."""
+    returns ``[N, Cout, H, W]`` in the layout of ``common.empty_output``, with the fused op's
+    epilogue (``ops/epilogue.py``) when ``activation`` or ``residual`` is given."""
     geom = geometry_for(input, weight, cg, co)
-    _check(input, weight, bias)
+    _check(input, weight, bias, residual)
     n, _, h, w = input.shape
     out = empty_output(input, (n, geom.out_channels, h, w))
-    return forward_into(out, input, weight, bias, geom, window_of)
+    epilogue.check(tuple(out.shape), input.dtype, input.device, activation, residual)
+    return forward_into(out, input, weight, bias, geom, window_of, activation, residual)
 
 
 def scc_backward(
