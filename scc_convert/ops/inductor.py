@@ -15,8 +15,12 @@ layout copies. This module gives inductor a lowering of ``scc::scc_conv2d`` and
   only the native kernel's library beside it, and the C++ side still derives nothing.
 
 CUDA tensors, and CPU tensors without the native kernel (or under
-``SCC_CONVERT_CPU_BACKEND=torch``, which is read when a graph is compiled), keep the fallback
-call of the op (the Triton kernels, the PyTorch path).
+``SCC_CONVERT_CPU_BACKEND=torch`` / ``native.use_backend("torch")``), keep the fallback call
+of the op (the Triton kernels, the PyTorch path). The choice is made when a graph is
+compiled, and inductor's on-disk cache of compiled graphs keeps it: after switching, clear
+that cache (or set ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1``). Tracing a CPU graph settles
+the CPU implementation (the op's fake kernel asks for it), so that compiled code, cached or
+not, finds the native op loaded.
 
 Inductor keeps its lowerings in ``torch._inductor.lowering``, whose import costs seconds, so
 they are added when that module is first imported (a finder on ``sys.meta_path``, installed by
@@ -80,7 +84,10 @@ def _native_call(input, weight, bias, cg, co, window_of, activation, residual):
     channels_last = common.output_memory_format(example) == torch.channels_last
     if residual is not None:
         residual = _fixed(residual, channels_last)
-    table = V.graph.add_tensor_constant(native.window_table(geom, window_of), name="scc_windows")
+    constant = V.graph.add_tensor_constant(native.window_table(geom, window_of), name="scc_windows").data.data
+    # A view of the constant, so that inductor's fake-tensor rerun of the call sees a fake tensor
+    # (it hands constants themselves over as real tensors, which fake mode refuses outside freezing).
+    table = ir.ReinterpretView(data=constant, layout=constant.get_layout())
     call = fallback_handler(torch.ops.scc_native.forward.default, add_to_fallback_set=False)
     return call(x, weight, bias, table, channels_last, epilogue.activation_code(activation), residual)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from . import backends, common, torch_path
+from . import backends, common, native, torch_path
 
 __all__ = ["scc_conv2d_op", "scc_conv2d_backward_op", "scc_conv2d_call"]
 
@@ -53,6 +53,10 @@ def _validated(input, weight, cg, co, window_of):
 
 def _forward_fake(input, weight, bias, cg, co, window_of):
     geom = _validated(input, weight, cg, co, window_of)
+    if input.device.type == "cpu":
+        # A CPU graph is being traced (torch.compile, export): settle the CPU implementation now,
+        # since compiled code — inductor's cached code too — calls the native op directly.
+        native.status()
     n, _, h, w = input.shape
     return common.empty_output(input, (n, geom.out_channels, h, w))
 
