@@ -32,6 +32,7 @@ from .nn import DWSCCConv2d, SCCConv2d, SCCLinear
 from .fused import FusedSCCConv2d
 from .optimize import FusionSummary, optimize_for_inference
 from .export import export_onnx, export_program
+from .aoti import export_aoti, load_aoti
 from .finetune import FinetuneResult, finetune
 from .profile import ProfileReport, profile
 from .saving import load, save
@@ -39,6 +40,6 @@ from .saving import load, save
 __all__ = [
     "SCCConv2d", "SCCLinear", "DWSCCConv2d", "SCCGeometry", "functional", "convert", "ConversionReport", "register_conv_adapter",
     "save", "load", "profile", "ProfileReport", "finetune", "FinetuneResult", "export_onnx", "export_program",
-    "FusedSCCConv2d", "optimize_for_inference", "FusionSummary",
+    "FusedSCCConv2d", "optimize_for_inference", "FusionSummary", "export_aoti", "load_aoti",
 ]
 __version__ = "0.1.0"

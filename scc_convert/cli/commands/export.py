@@ -1,4 +1,5 @@
-"""``scc-convert export MODEL --format onnx|pt2 -o OUT``: standard-op ONNX or a torch.export program."""
+"""``scc-convert export MODEL --format onnx|pt2|aoti -o OUT``: standard-op ONNX, a torch.export
+program, or an AOTInductor package that runs without Python model code."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ from ..common import check_output, load, say
 from ..parser import CLIError, add_common, add_model_args, add_run_args
 
 NAME = "export"
-SUMMARY = "export a (converted) model to ONNX (SCC as standard ops) or a torch.export program"
+SUMMARY = "export a (converted) model to ONNX (SCC as standard ops), a torch.export program or an AOTInductor package"
 DESCRIPTION = ("Export a (converted) model: ONNX with SCC written as standard ops, checked in "
-               "onnxruntime, or a torch.export program (.pt2). Dynamic batch size.")
+               "onnxruntime; a torch.export program (.pt2); or an AOTInductor package (.pt2, CPU), compiled "
+               "ahead of time, with the native SCC kernel's library written beside it (<name>.scc_native.so). "
+               "Dynamic batch size.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
+    p.add_argument("--format", choices=("onnx", "pt2", "aoti"), default="onnx")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
@@ -30,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ...aoti import export_aoti, library_beside
     from ...export import export_onnx, export_program
 
     out = Path(args.output)
@@ -39,11 +43,15 @@ def run(args: argparse.Namespace) -> int:
         if args.format == "onnx":
             export_onnx(model, args.input_shape, out, opset=args.opset, dynamo=not args.classic,
                         check=not args.no_check, decomposition=args.decomposition)
-        else:
+        elif args.format == "pt2":
             export_program(model, args.input_shape, out, check=not args.no_check)
+        else:
+            export_aoti(model, args.input_shape, out, check=not args.no_check)
     except ImportError as err:
         raise CLIError(f"{err} (pip install 'scc-convert[export]')", 1) from None
     except (ValueError, TypeError, RuntimeError) as err:
         raise CLIError(str(err).strip().splitlines()[0], 1) from None
     say(args, f"wrote {out}")
+    if args.format == "aoti" and library_beside(out).is_file():
+        say(args, f"wrote {library_beside(out)} (load it before the package: torch.ops.load_library)")
     return 0
