@@ -87,6 +87,7 @@ from torch.utils import _pytree as pytree
 
 from .geometry import SCCGeometry
 from .inputs import as_inputs, find_example_inputs
+from .optimize import optimize_for_inference
 
 __all__ = [
     "ExportCheckError",
@@ -203,6 +204,27 @@ def _emit_scc(b: Any, input: Any, weight: Any, bias: Any, geom: SCCGeometry, win
     return y
 
 
+def _emit_epilogue(b: Any, y: Any, activation: str, residual: Any) -> Any:
+    """The fused op's epilogue (``ops/epilogue.py``) as standard ONNX ops (opset 13):
+    ``act(y + residual)``; onnxruntime fuses these patterns into its kernels."""
+    if residual is not None:
+        y = b.op("Add", y, residual)
+    if activation == "relu":
+        return b.op("Relu", y)
+    if activation == "relu6":
+        return b.op("Clip", y, b.scalar(0.0, like=y), b.scalar(6.0, like=y))
+    if activation == "hardswish":  # x * relu6(x + 3) / 6 = x * HardSigmoid(x; 1/6, 1/2)
+        return b.op("Mul", y, b.op("HardSigmoid", y, alpha=1.0 / 6.0, beta=0.5))
+    if activation == "silu":
+        return b.op("Mul", y, b.op("Sigmoid", y))
+    if activation == "gelu":  # x/2 * (1 + erf(x / sqrt 2)), the pattern onnxruntime fuses to Gelu
+        erf = b.op("Erf", b.op("Mul", y, b.scalar(math.sqrt(0.5), like=y)))
+        return b.op("Mul", b.op("Mul", y, b.scalar(0.5, like=y)), b.op("Add", erf, b.scalar(1.0, like=y)))
+    if activation != "none":
+        raise ValueError(f"SCC ONNX export: activation {activation!r} has no ONNX form")
+    return y
+
+
 def _geometry_from_weight(weight_shape: Sequence[Any] | None, cg: int, co: float) -> SCCGeometry:
     dims = None if weight_shape is None else list(weight_shape)
     if dims is None or len(dims) != 2 or not all(isinstance(d, int) for d in dims):
@@ -227,12 +249,15 @@ class _ScriptBuilder:
     def const(self, values: Sequence[Any]) -> Any:
         return self._op.Constant(value=self._ir.tensor(self._np.asarray(values, dtype=self._np.int64)))
 
-    def op(self, name: str, *inputs: Any, **attrs: int) -> Any:
+    def op(self, name: str, *inputs: Any, **attrs: int | float) -> Any:
         return getattr(self._op, name)(*inputs, **attrs)
 
     def zeros(self, shape: Sequence[int], like: Any) -> Any:
         zero = self._ir.tensor(self._np.zeros(1, dtype=like.dtype.numpy()))
         return self._op.ConstantOfShape(self.const(shape), value=zero)
+
+    def scalar(self, value: float, like: Any) -> Any:
+        return self._op.Constant(value=self._ir.tensor(self._np.asarray(value, dtype=like.dtype.numpy())))
 
 
 class _TorchScriptBuilder:
@@ -244,12 +269,16 @@ class _TorchScriptBuilder:
     def const(self, values: Sequence[Any]) -> Any:
         return self._g.op("Constant", value_t=torch.tensor(values, dtype=torch.int64))
 
-    def op(self, name: str, *inputs: Any, **attrs: int) -> Any:
-        return self._g.op(name, *inputs, **{f"{k}_i": v for k, v in attrs.items()})
+    def op(self, name: str, *inputs: Any, **attrs: int | float) -> Any:
+        typed = {f"{k}_{'f' if isinstance(v, float) else 'i'}": v for k, v in attrs.items()}
+        return self._g.op(name, *inputs, **typed)
 
     def zeros(self, shape: Sequence[int], like: Any) -> Any:
         dtype = like.type().dtype()
         return self._g.op("ConstantOfShape", self.const(shape), value_t=torch.zeros(1, dtype=dtype))
+
+    def scalar(self, value: float, like: Any) -> Any:
+        return self._g.op("Constant", value_t=torch.tensor(value, dtype=like.type().dtype()))
 
 
 # -- exporter hooks -----------------------------------------------------------------------
@@ -274,7 +303,10 @@ def onnx_translation_table(decomposition: Decomposition = "auto") -> dict[Callab
         geom = _geometry_from_weight(dims, cg, co)
         return _emit_scc(builder, input, weight, bias, geom, window_of, decomposition)
 
-    return {torch.ops.scc.scc_conv2d.default: scc_conv2d}
+    def scc_conv2d_fused(input, weight, bias=None, cg=1, co=0.0, window_of=None, activation="none", residual=None):
+        return _emit_epilogue(builder, scc_conv2d(input, weight, bias, cg, co, window_of), activation, residual)
+
+    return {torch.ops.scc.scc_conv2d.default: scc_conv2d, torch.ops.scc.scc_conv2d_fused.default: scc_conv2d_fused}
 
 
 def register_onnx_symbolic(decomposition: Decomposition = "auto") -> None:
@@ -303,7 +335,13 @@ def register_onnx_symbolic(decomposition: Decomposition = "auto") -> None:
         form = _decomposition_override.get() or decomposition
         return _emit_scc(_TorchScriptBuilder(g), input, weight, b, geom, wo, form)
 
+    def scc_conv2d_fused(g, input, weight, bias, cg, co, window_of, activation, residual):
+        y = scc_conv2d(g, input, weight, bias, cg, co, window_of)
+        r = None if sh._is_none(residual) else residual
+        return _emit_epilogue(_TorchScriptBuilder(g), y, sh._maybe_get_const(activation, "s"), r)
+
     torch.onnx.register_custom_op_symbolic(_SYMBOLIC_NAME, scc_conv2d, _MIN_OPSET)
+    torch.onnx.register_custom_op_symbolic(_SYMBOLIC_NAME + "_fused", scc_conv2d_fused, _MIN_OPSET)
     _registered_decomposition = decomposition
 
 
@@ -468,6 +506,7 @@ def export_onnx(
     dynamo: bool | None = True,
     check: bool = True,
     decomposition: Decomposition = "auto",
+    optimize: bool = True,
     atol: float | None = None,
     rtol: float | None = None,
 ) -> Path:
@@ -493,6 +532,9 @@ def export_onnx(
         check: run ``onnx.checker`` and compare onnxruntime's (CPU) outputs with PyTorch's on
             ``example_input`` and, with ``dynamic_batch``, on the same samples at batch N+1.
         decomposition: ``"auto"``, ``"grouped"`` or ``"dense"``.
+        optimize: export :func:`~scc_convert.optimize_for_inference` of the model (BatchNorm
+            folded into SCC layers, the following add and activation after each SCC's ops);
+            the check compares with the model as given.
         atol, rtol: check tolerances, ``|ort - torch| <= atol + rtol * |torch|``; default
             ``1e-4`` for fp32/fp64 and ``1e-2`` for fp16/bf16.
 
@@ -526,6 +568,7 @@ def export_onnx(
     with _eval_mode(model):
         expected = [(batch, _reference(model, batch)) for batch in _check_batches(inputs, dynamic_batch)] if check else []
         n_outputs = len(_reference(model, trace_inputs)) if not expected else len(expected[0][1])
+        model = optimize_for_inference(model) if optimize else model
         with _staged(path) as staged:
             if dynamo is False:
                 _export_torchscript(model, trace_inputs, staged, opset, dynamic_batch, decomposition, n_outputs)
@@ -641,13 +684,15 @@ def export_program(
     *,
     dynamic_batch: bool = True,
     check: bool = True,
+    optimize: bool = True,
     atol: float | None = None,
     rtol: float | None = None,
 ) -> Path:
     """``torch.export`` the model in eval mode and save the ``.pt2`` file atomically.
 
-    SCC layers stay one ``torch.ops.scc.scc_conv2d`` node each; load the file with
-    ``torch.export.load`` after ``import scc_convert`` (which registers the op).
+    SCC layers stay one ``torch.ops.scc.scc_conv2d`` (or, optimised,
+    ``torch.ops.scc.scc_conv2d_fused``) node each; load the file with ``torch.export.load``
+    after ``import scc_convert`` (which registers the ops).
 
     Args:
         model: any ``nn.Module``.
@@ -658,6 +703,7 @@ def export_program(
         check: load the saved file back and compare its outputs with the model's on
             ``example_input`` (and at batch N+1 with ``dynamic_batch``); tolerances as in
             :func:`export_onnx`.
+        optimize: export :func:`~scc_convert.optimize_for_inference` of the model.
 
     Returns:
         ``Path(path)``.
@@ -680,7 +726,8 @@ def export_program(
         dynamic_shapes = tuple({0: batch} for _ in inputs)
     with _eval_mode(model):
         expected = [(b, _reference(model, b)) for b in _check_batches(inputs, dynamic_batch)] if check else []
-        program = torch.export.export(model, trace_inputs, dynamic_shapes=dynamic_shapes)
+        target = optimize_for_inference(model) if optimize else model
+        program = torch.export.export(target, trace_inputs, dynamic_shapes=dynamic_shapes)
     with _staged(path) as staged:
         torch.export.save(program, staged)
         if check:
