@@ -31,8 +31,7 @@ from .geometry import SCCGeometry
 from .nn import DWSCCConv2d, SCCConv2d, SCCLinear
 from .fused import FusedSCCConv2d
 from .optimize import FusionSummary, optimize_for_inference
-from .export import export_onnx, export_program
-from .aoti import export_aoti, load_aoti
+from .export import export_aoti, export_onnx, export_program, load_aoti
 from .finetune import FinetuneResult, finetune
 from .profile import ProfileReport, profile
 from .saving import load, save

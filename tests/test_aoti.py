@@ -15,7 +15,7 @@ from torch import nn
 
 import scc_convert
 from scc_convert import SCCConv2d, export_aoti, load_aoti
-from scc_convert.aoti import library_beside
+from scc_convert.export import library_beside
 from scc_convert.convert import recalibrate_batchnorm
 from scc_convert.export import ExportCheckError
 from scc_convert.ops import native
@@ -92,10 +92,10 @@ def test_model_without_scc_needs_no_library(tmp_path):
 
 
 def test_failed_check_writes_nothing(tmp_path, monkeypatch):
-    import scc_convert.aoti as aoti
+    from scc_convert.export import aoti
 
     model = nn.Sequential(SCCConv2d(16, 16, cg=4, co=0.5), nn.ReLU()).eval()
-    monkeypatch.setattr(aoti, "_reference", lambda m, inputs: [torch.full((2, 16, 4, 4), 7.0)])
+    monkeypatch.setattr(aoti, "reference", lambda m, inputs: [torch.full((2, 16, 4, 4), 7.0)])
     with pytest.raises(ExportCheckError, match="AOTInductor package output 0 differs"):
         export_aoti(model, torch.randn(2, 16, 4, 4), tmp_path / "bad.pt2", dynamic_batch=False)
     assert list(tmp_path.iterdir()) == []

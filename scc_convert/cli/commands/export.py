@@ -33,8 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...aoti import export_aoti, library_beside
-    from ...export import export_onnx, export_program
+    from ...export import export_aoti, export_onnx, export_program, library_beside
 
     out = Path(args.output)
     check_output(out, args.model, args.force)

@@ -33,9 +33,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
-from .export import _as_inputs, _batch_size, _check_batches, _compare, _eval_mode, _reference, _resized, _staged
-from .ops import native
-from .optimize import optimize_for_inference
+from ..ops import native
+from ..optimize import optimize_for_inference
+from .checks import batch_size, check_batches, compare, eval_mode, example_inputs, reference, resized, staging
 
 __all__ = ["export_aoti", "load_aoti", "library_beside"]
 
@@ -119,16 +119,16 @@ def export_aoti(
     path = Path(path)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    inputs = _as_inputs(model, example_input)
+    inputs = example_inputs(model, example_input)
     if any(t.device.type != "cpu" for t in inputs):
         raise ValueError("export_aoti: the example inputs must be CPU tensors (packages run SCC on the native CPU kernel)")
-    trace_inputs = _resized(inputs, 2) if dynamic_batch and _batch_size(inputs) < 2 else inputs
+    trace_inputs = resized(inputs, 2) if dynamic_batch and batch_size(inputs) < 2 else inputs
     dynamic_shapes = None
     if dynamic_batch:
         batch = torch.export.Dim("batch")
         dynamic_shapes = tuple({0: batch} for _ in inputs)
-    with _eval_mode(model):
-        expected = [(b, _reference(model, b)) for b in _check_batches(inputs, dynamic_batch)] if check else []
+    with eval_mode(model):
+        expected = [(b, reference(model, b)) for b in check_batches(inputs, dynamic_batch)] if check else []
         target = optimize_for_inference(model) if optimize else model
         with torch.no_grad():
             program = torch.export.export(target, trace_inputs, dynamic_shapes=dynamic_shapes)
@@ -138,7 +138,7 @@ def export_aoti(
             f"export_aoti: the model has SCC layers, which packages run on the native CPU kernel, but it is "
             f"unavailable ({native.status()['reason']}); `scc-convert build-ext` builds it"
         )
-    with _staged(path) as staged:
+    with staging(path) as staged:
         torch._inductor.aoti_compile_and_package(
             program, package_path=str(staged), inductor_configs={"freezing": freezing}
         )
@@ -146,9 +146,9 @@ def export_aoti(
             shutil.copyfile(native.library_path(), library_beside(staged))
         if check:
             run = load_aoti(staged)
-            for batch_inputs, reference in expected:
+            for batch_inputs, want in expected:
                 with torch.no_grad():
                     got = [t for t in pytree.tree_leaves(run(*batch_inputs)) if isinstance(t, Tensor)]
-                _compare("the AOTInductor package", got, reference, atol, rtol, batch_inputs[0].shape[0],
+                compare("the AOTInductor package", got, want, atol, rtol, batch_inputs[0].shape[0],
                          "export with check=False to inspect it")
     return path
