@@ -99,7 +99,7 @@ class FusedSCCConv2d(SCCConv2d):
     def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
         if self.stride > 1:
             input = input[:, :, :: self.stride, :: self.stride]
-        if residual is not None:
+        if residual is not None and not torch.jit.is_tracing():  # traced: the op checks the residual
             out_shape = (input.shape[0], self.out_channels, input.shape[2], input.shape[3])
             if tuple(residual.shape) != out_shape or residual.dtype != input.dtype or residual.device != input.device:
                 y = scc_conv2d_fused_call(input, self.weight, self.bias, self._op_cg, self._op_co,

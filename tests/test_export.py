@@ -15,6 +15,7 @@ import scc_convert
 from reference import scc_reference
 from scc_convert import DWSCCConv2d, SCCConv2d, SCCGeometry
 from scc_convert import export as scc_export
+from scc_convert.export import checks, decomposition
 from scc_convert.export import ExportCheckError, choose_decomposition, export_onnx, export_program
 
 EXPORTERS = [pytest.param(True, id="dynamo"), pytest.param(False, id="torchscript")]
@@ -191,7 +192,7 @@ def test_onnx_translation_table_and_symbolic_for_direct_torch_onnx_use(ort, tmp_
 
 
 def test_onnx_check_catches_a_wrong_decomposition_and_writes_nothing(ort, tmp_path, monkeypatch):
-    real = scc_export._grouped_layout
+    real = decomposition._grouped_layout
 
     def swapped_outputs(geom, window_of):
         lay = real(geom, window_of)
@@ -199,7 +200,7 @@ def test_onnx_check_catches_a_wrong_decomposition_and_writes_nothing(ort, tmp_pa
         index[0], index[1] = index[1], index[0]
         return type(lay)(lay.groups, lay.slots, lay.input_index, lay.weight_rows, tuple(index))
 
-    monkeypatch.setattr(scc_export, "_grouped_layout", swapped_outputs)
+    monkeypatch.setattr(decomposition, "_grouped_layout", swapped_outputs)
     layer = SCCConv2d(16, 16, cg=4, co=0.5)
     target = tmp_path / "m.onnx"
     target.write_text("previous export")
@@ -221,9 +222,9 @@ def test_check_tolerance_and_non_finite_values(got, fails):
     expected = [torch.tensor([1.0, float("nan"), float("inf")])]
     if fails:
         with pytest.raises(ExportCheckError, match="differs from PyTorch at batch 1"):
-            scc_export._compare("onnxruntime", [torch.tensor(got)], expected, None, None, 1, "")
+            checks.compare("onnxruntime", [torch.tensor(got)], expected, None, None, 1, "")
     else:
-        scc_export._compare("onnxruntime", [torch.tensor(got)], expected, None, None, 1, "")
+        checks.compare("onnxruntime", [torch.tensor(got)], expected, None, None, 1, "")
 
 
 def test_onnx_export_restores_train_mode(ort, tmp_path):
@@ -366,6 +367,59 @@ def _recalibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> None:
     model.eval()
 
 
+class _FusableBlock(nn.Module):
+    """SCC -> BatchNorm -> (+ input) -> activation: one fused SCC op after optimize_for_inference."""
+
+    def __init__(self, activation: nn.Module):
+        super().__init__()
+        self.scc, self.bn, self.act = SCCConv2d(16, 16, cg=4, co=0.5), nn.BatchNorm2d(16), activation
+
+    def forward(self, x):
+        return self.act(self.bn(self.scc(x)) + x)
+
+
+def _fusable_block(activation: nn.Module) -> nn.Module:
+    torch.manual_seed(3)
+    block = _FusableBlock(activation)
+    _recalibrate_batchnorm(block, torch.randn(8, 16, 5, 5) * 2)
+    with torch.no_grad():
+        block.bn.weight.uniform_(0.5, 2.0)
+        block.bn.bias.uniform_(-1.0, 1.0)
+    return block.eval()
+
+
+ACTIVATIONS = {"relu": nn.ReLU(), "relu6": nn.ReLU6(), "hardswish": nn.Hardswish(), "silu": nn.SiLU(), "gelu": nn.GELU()}
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_onnx_export_of_the_fused_op_matches_the_unfused_model(ort, tmp_path, activation, dynamo):
+    if dynamo and activation not in ("relu6", "gelu"):
+        pytest.skip("the dynamo-based exporter runs two activations (it is slow); the epilogue code is shared")
+    block = _fusable_block(ACTIVATIONS[activation])
+    path = export_onnx(block, torch.randn(2, 16, 5, 5) * 3, tmp_path / "fused.onnx", dynamo=dynamo)
+    kinds = {n.op_type for n in _nodes(path)}
+    assert "BatchNormalization" not in kinds and "Add" in kinds, kinds  # folded; the residual add kept
+    x = torch.randn(3, 16, 5, 5) * 3
+    (y,) = _run_onnx(ort, path, x)
+    with torch.no_grad():
+        expected = block(x)
+    assert (expected != 0).float().mean() > 0.2
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_export_optimize_false_keeps_the_model_as_given(ort, tmp_path):
+    block = _fusable_block(nn.ReLU())
+    path = export_onnx(block, torch.randn(2, 16, 5, 5), tmp_path / "plain.onnx", dynamo=False, optimize=False)
+    assert "BatchNormalization" in {n.op_type for n in _nodes(path)}
+    program = torch.export.load(export_program(block, torch.randn(2, 16, 5, 5), tmp_path / "fused.pt2"))
+    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.scc.scc_conv2d_fused.default) == 1 and torch.ops.scc.scc_conv2d.default not in targets
+    x = torch.randn(3, 16, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), block(x), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("arch", ["mobilenet_v2", "efficientnet_b0", "resnet50"])
 def test_converted_torchvision_model_runs_in_onnxruntime(ort, tmp_path, arch):
     torchvision = pytest.importorskip("torchvision")
@@ -381,4 +435,6 @@ def test_converted_torchvision_model_runs_in_onnxruntime(ort, tmp_path, arch):
     with torch.no_grad():
         expected = model(x)
     assert expected.std() > 1e-2  # the comparison is not between vanishing activations
-    torch.testing.assert_close(y, expected, atol=1e-4, rtol=1e-4)
+    # onnxruntime's fp32 convolutions differ from PyTorch's by ~1e-4 of the output's scale here,
+    # for the unconverted ResNet-50 too (BatchNorm folded or not)
+    torch.testing.assert_close(y, expected, atol=1e-4 * max(1.0, expected.abs().max().item()), rtol=1e-4)
