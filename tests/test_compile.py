@@ -131,6 +131,27 @@ def test_optimized_mobilenet_v2_compiles_to_fused_native_calls(freezing):
     assert all(c[2] == "True" for c in calls), "every SCC layer reads inductor's channels_last activations"
 
 
+@needs_kernel
+@pytest.mark.parametrize("freezing", [True], indirect=True, ids=["freezing"])
+def test_optimized_efficientnet_b0_compiles_to_fused_native_calls(freezing):
+    torch.manual_seed(0)
+    model = torchvision.models.efficientnet_b0(weights=None).eval()
+    images = torch.randn(4, 3, 64, 64)
+    recalibrate_batchnorm(model, images)
+    small, _ = scc_convert.convert(model, cg=4, co=0.5)
+    recalibrate_batchnorm(small, images)
+    n_scc = sum(isinstance(m, SCCConv2d) for m in small.modules())
+    fast = optimize_for_inference(small.eval())
+    x = torch.randn(2, 3, 64, 64)
+    out, code = _compiled_code(fast, x)
+    with torch.no_grad():
+        want = small(x)
+    torch.testing.assert_close(out, want, atol=2e-4 * want.abs().max().item(), rtol=1e-4)
+    calls = NATIVE_CALL.findall(code)
+    assert len(calls) == n_scc > 0 and not OP_CALL.search(code)
+    assert sum(c[3] == "4" for c in calls) > 0, "SiLU of the expansion layers in the epilogue"
+
+
 def test_without_the_native_kernel_the_graph_calls_the_op():
     block = _block()
     x = torch.randn(2, 16, 9, 9)
