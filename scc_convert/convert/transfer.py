@@ -19,7 +19,9 @@ from torch import Tensor
 
 from ..geometry import SCCGeometry, cyclic_columns
 
-__all__ = ["window_index", "slice_weight", "assign_windows", "energy_assignment", "kept_energy", "factorise_standard", "solve_windows"]
+__all__ = ["window_index", "slice_weight", "assign_windows", "energy_assignment", "kept_energy", "factorise_standard", "solve_windows", "RIDGE"]
+
+RIDGE = 1e-4  # solve_windows' Tikhonov weight, relative to the mean diagonal of a window's Gram matrix
 
 
 def window_index(geom: SCCGeometry, window_of: tuple[int, ...] | None = None, device=None) -> Tensor:
@@ -105,7 +107,7 @@ def factorise_standard(kernel: Tensor, geom: SCCGeometry, iterations: int = 25) 
 
 
 def solve_windows(
-    gram: Tensor, cross: Tensor, target_sq: Tensor, geom: SCCGeometry, intercept: bool, ridge: float = 1e-4
+    gram: Tensor, cross: Tensor, target_sq: Tensor, geom: SCCGeometry, intercept: bool, ridge: float = RIDGE
 ) -> tuple[tuple[int, ...], Tensor, Tensor | None, Tensor]:
     """Least-squares SCC weights from second moments of the calibration data (fp64).
 
