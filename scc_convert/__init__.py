@@ -17,6 +17,8 @@ Public API:
 * :func:`export_onnx` / :func:`export_program` / :func:`export_aoti` — ONNX with SCC as
   standard ops (checked in onnxruntime) / ``torch.export`` programs / AOTInductor packages
   that run without Python model code.
+* :func:`search` — per-layer ``cg``/``co`` under a MACs, parameter or latency budget
+  (:class:`SearchResult`; ``result.overrides`` feeds :func:`convert`).
 * :func:`finetune` — distillation / cross-entropy fine-tuning, AMP, checkpoints, torchrun
   (:class:`FinetuneResult`).
 * ``torch.ops.scc.scc_conv2d`` — the registered op (fake kernel, autograd, FLOP formula).
@@ -35,10 +37,11 @@ from .export import export_aoti, export_onnx, export_program, load_aoti
 from .finetune import FinetuneResult, finetune
 from .profile import ProfileReport, profile
 from .saving import load, save
+from .search import SearchResult, search
 
 __all__ = [
     "SCCConv2d", "SCCLinear", "DWSCCConv2d", "SCCGeometry", "functional", "convert", "ConversionReport", "register_conv_adapter",
-    "save", "load", "profile", "ProfileReport", "finetune", "FinetuneResult", "export_onnx", "export_program",
-    "FusedSCCConv2d", "optimize_for_inference", "FusionSummary", "export_aoti", "load_aoti",
+    "save", "load", "profile", "ProfileReport", "search", "SearchResult", "finetune", "FinetuneResult", "export_onnx",
+    "export_program", "FusedSCCConv2d", "optimize_for_inference", "FusionSummary", "export_aoti", "load_aoti",
 ]
 __version__ = "0.1.0"
