@@ -21,6 +21,7 @@ from types import ModuleType
 MODULES = (
     "convert",
     "profile",
+    "sweep",
     "finetune",
     "export",
     "demo",

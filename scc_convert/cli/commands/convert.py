@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include", action="append", help="only layers matching this glob (or re:REGEX); repeatable")
     p.add_argument("--exclude", action="append", help="skip layers matching this glob (or re:REGEX); repeatable")
     p.add_argument("--min-channels", type=int, default=16, help="skip layers with fewer input channels (default 16)")
+    p.add_argument("--overrides", help="JSON file {layer: {\"cg\": N, \"co\": R}} of per-layer settings "
+                                       "(e.g. from 'scc-convert sweep'); layers it names take them")
     p.add_argument("--on-indivisible", choices=("skip", "nearest"), default="skip",
                    help="when cg does not divide a layer's input channels (default skip)")
     p.add_argument("--init", choices=INITS, default=None,
@@ -93,6 +95,20 @@ def _calibration(args: argparse.Namespace, model: torch.nn.Module) -> torch.Tens
     return x.to(device=args.device, dtype=DTYPES[args.dtype])
 
 
+def _overrides(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CLIError(f"--overrides {path}: no such file", 2) from None
+    except (OSError, ValueError) as err:
+        raise CLIError(f"--overrides {path}: not a JSON file ({str(err).splitlines()[0][:200]})", 1) from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise CLIError(f"--overrides {path}: need a JSON object {{layer: {{\"cg\": N, \"co\": R}}}}", 1)
+    return data
+
+
 def run(args: argparse.Namespace) -> int:
     from ... import convert, profile
     if args.init == "lsq" and not args.calib:
@@ -105,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.dry_run:
         for p in (out, report_path):
             check_output(p, source, args.force)
+    overrides = _overrides(args.overrides)
     model = load(args.model, args)
     calib = _calibration(args, model) if args.calib else None
     try:
@@ -113,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             small, report = convert(
                 model, cg=args.cg, co=args.co, patterns=args.patterns,
                 include=args.include, exclude=args.exclude, min_channels=args.min_channels,
-                on_indivisible=args.on_indivisible, init=args.init, calib_data=calib,
+                overrides=overrides, on_indivisible=args.on_indivisible, init=args.init, calib_data=calib,
                 recalibrate_bn=args.recalibrate_bn, example_inputs=args.input_shape, progress=not args.quiet,
             )
     except (ValueError, TypeError) as err:
