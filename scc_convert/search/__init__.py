@@ -6,11 +6,14 @@
 * :mod:`.allocate` — the multiple-choice knapsack;
 * :mod:`.costs` — budgets and per-layer costs (MACs, parameters, latency);
 * :mod:`.result` — :class:`SearchResult`;
-* :mod:`.api` — :func:`search` and :func:`uniform_points`;
+* :mod:`.space` — the searched layers, their choices and costs, the data split, measuring;
+* :mod:`.uniform` — uniform settings: the comparison and :func:`uniform_points`;
+* :mod:`.api` — :func:`search`;
 * :mod:`.plot` — the Pareto chart.
 """
 
-from .api import search, uniform_points
+from .api import search
+from .uniform import uniform_points
 from .costs import Budget
 from .result import LayerChoice, Point, SearchResult
 from .sensitivity import Choice

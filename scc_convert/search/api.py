@@ -1,4 +1,4 @@
-"""``search``: per-layer ``cg``/``co`` under a budget; ``uniform_points``: the uniform grid.
+"""``search``: per-layer ``cg``/``co`` under a budget.
 
 The steps of :func:`search`:
 
@@ -23,127 +23,21 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from ..convert import convert
-from ..convert.calibrate import calibration_batch
-from ..geometry import check_cg_co
 from ..profile import profile
-from ..quality import agreement
 from . import context
 from .allocate import cheapest_cost, knapsack
-from .costs import METRICS, Budget, format_cost, layer_latency_ms, parse_target
+from .costs import METRICS, format_cost, parse_target
 from .result import LayerChoice, Point, SearchResult
-from .sensitivity import Choice, choice_errors, layer_choices
+from .sensitivity import Choice, choice_errors
+from .space import (Layer, NamePatterns, as_list, check_grid, choice_index, cost_key, eval_mode, find_layers,
+                    layer_named, measure, model_cost, selection_kwargs, split_data)
+from .uniform import uniform_assignment, uniform_point, uniform_within
 
-__all__ = ["search", "uniform_points"]
-
-NamePatterns = str | re.Pattern | Iterable[str | re.Pattern] | None
-
-
-@dataclass
-class _Layer:
-    name: str
-    conv: nn.Conv2d
-    choices: list[Choice]
-    before: dict[str, float]  # metric -> the original layer's cost
-    costs: dict[str, list[float]]  # metric -> cost of each choice
-
-
-@contextmanager
-def _eval_mode(model: nn.Module):
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, f in flags.items():
-            m.training = f
-
-
-def _selection(patterns, include, exclude, min_channels, skip_first, skip_last) -> dict:
-    patterns = tuple(patterns)
-    if "std" in patterns:
-        raise ValueError("search: pattern 'std' is not searched (its SCC input depends on the choice); "
-                         "use patterns=('dw_pw', 'pw')")
-    return {"patterns": patterns, "include": include, "exclude": exclude, "min_channels": min_channels,
-            "skip_first": skip_first, "skip_last": skip_last}
-
-
-def _check_grid(cgs: Sequence[int], cos: Sequence[float]) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    cgs, cos = tuple(cgs), tuple(float(c) for c in cos)
-    if not cgs or not cos:
-        raise ValueError("search: cgs and cos need at least one value each")
-    for cg in cgs:
-        for co in cos:
-            check_cg_co(cg, co)
-    return cgs, cos
-
-
-def _split(x: Tensor, eval_data, holdout: float, device, dtype) -> tuple[Tensor, Tensor]:
-    if eval_data is not None:
-        return x, calibration_batch(eval_data, device, dtype)
-    if not 0.0 < holdout < 1.0:
-        raise ValueError(f"search: holdout={holdout!r} must lie strictly between 0 and 1 (or pass eval_data)")
-    held = max(1, round(holdout * x.shape[0]))
-    if x.shape[0] - held < 4:
-        raise ValueError(f"search: {x.shape[0]} calibration images leave too few to fit after holding out {held}; "
-                         "give more images or pass eval_data")
-    return x[:-held], x[-held:]
-
-
-def _model_cost(prof, label: str, metric: str) -> dict[str, float | None]:
-    side = getattr(prof, label)
-    lat = side.batches[0].latency
-    return {"macs": side.macs, "params": side.params, "latency_ms": lat.median_ms if lat is not None else None}
-
-
-def _input_shapes(model: nn.Module, names: list[str], example: Tensor) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def hook_for(name: str):
-        def hook(_module, inputs, _output) -> None:
-            shapes.setdefault(name, tuple(inputs[0].shape))
-        return hook
-
-    handles = [model.get_submodule(n).register_forward_hook(hook_for(n)) for n in names]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes
-
-
-def _layers(model: nn.Module, probe, cgs, cos, metric: str, example: Tensor) -> tuple[list[_Layer], dict[str, str]]:
-    skipped = {r.name: r.reason for r in probe.skipped}
-    layers = []
-    for r in probe.converted:
-        conv = model.get_submodule(r.name)
-        choices = layer_choices(conv.in_channels, conv.out_channels, cgs, cos)
-        if not choices:
-            skipped[r.name] = f"no cg in {list(cgs)} divides in_channels={conv.in_channels}"
-            continue
-        if r.macs_before is None:
-            raise ValueError("search: the model's MACs could not be counted; pass example_inputs")
-        cout, cin = conv.out_channels, conv.in_channels
-        layers.append(_Layer(
-            r.name, conv, choices,
-            before={"macs": r.macs_before, "params": r.params_before},
-            costs={"macs": [r.macs_before // c.cg for c in choices],
-                   "params": [cout * (cin // c.cg) + cout for c in choices]},
-        ))
-    if metric == "latency":
-        shapes = _input_shapes(model, [layer.name for layer in layers], example)
-        for layer in layers:
-            before, after = layer_latency_ms(layer.conv, shapes[layer.name], layer.choices)
-            layer.before["latency"], layer.costs["latency"] = before, after
-    return layers, skipped
+__all__ = ["search"]
 
 
 def _target(target_macs, target_params, target_latency) -> tuple[str, float | str]:
@@ -154,14 +48,10 @@ def _target(target_macs, target_params, target_latency) -> tuple[str, float | st
     return next(iter(given.items()))
 
 
-def _key(metric: str) -> str:
-    return "latency_ms" if metric == "latency" else metric
-
-
 class _Allocator:
     """The decide callback of one fitting pass (module docstring, step 3)."""
 
-    def __init__(self, layers: list[_Layer], metric: str, room: float, lookahead: dict[str, list[float]]) -> None:
+    def __init__(self, layers: list[Layer], metric: str, room: float, lookahead: dict[str, list[float]]) -> None:
         self.layers = {layer.name: layer for layer in layers}
         self.metric, self.room, self.lookahead = metric, room, lookahead
         self.picked: dict[str, int] = {}
@@ -179,15 +69,6 @@ class _Allocator:
         j = chosen[0] if chosen is not None else min(range(len(layer.choices)), key=lambda i: layer.costs[self.metric][i])
         self.picked[name] = j
         return layer.choices[j]
-
-
-def _measure(model: nn.Module, small: nn.Module, example: Tensor, eval_x: Tensor, metric: str):
-    prof = profile(model, small, example_input=example, latency=metric == "latency", dtype=None)
-    cost = _model_cost(prof, "after", metric)
-    if metric == "latency":
-        cost["original_latency_ms"] = _model_cost(prof, "before", metric)["latency_ms"]
-    quality = agreement(model, small, eval_x)
-    return cost, quality
 
 
 def search(
@@ -210,7 +91,7 @@ def search(
     example_inputs: Tensor | None = None,
     folds: int = 2,
     samples: int = 8192,
-    passes: int = 2,
+    passes: int = 1,
     check_uniform: bool = True,
     corrections: int = 2,
     progress: bool | None = None,
@@ -257,27 +138,22 @@ def search(
     """
     started = time.perf_counter()
     metric, target = _target(target_macs, target_params, target_latency)
-    cgs, cos = _check_grid(cgs, cos)
-    selection = _selection(patterns, include, exclude, min_channels, skip_first, skip_last)
+    cgs, cos = check_grid(cgs, cos)
+    selection = selection_kwargs(patterns, include, exclude, min_channels, skip_first, skip_last)
     if not isinstance(model, nn.Module):
         raise TypeError(f"search: model must be an nn.Module, got {type(model).__name__}")
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise ValueError(f"search: passes={passes!r} must be an int >= 1")
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    x = calibration_batch(calib_data, device, dtype)
-    fit_x, eval_x = _split(x, eval_data, holdout, device, dtype)
-    example = fit_x[:1] if example_inputs is None else example_inputs
+    fit_x, eval_x, example = split_data(model, calib_data, eval_data, holdout, example_inputs)
 
-    with _eval_mode(model):
+    with eval_mode(model):
         _, probe = convert(model, cg=1, co=0.0, init="slice", example_inputs=example, **selection)
-        layers, skipped = _layers(model, probe, cgs, cos, metric, example)
+        layers, skipped = find_layers(model, probe, cgs, cos, metric, example)
         if not layers:
             raise ValueError("search: no layer to search (" + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
-        original = _model_cost(profile(model, example_input=example, latency=metric == "latency", dtype=None), "before", metric)
-        fixed = original[_key(metric)] - sum(layer.before[metric] for layer in layers)
-        budget = parse_target(metric, target, original[_key(metric)])
+        original = model_cost(profile(model, example_input=example, latency=metric == "latency", dtype=None), "before", metric)
+        fixed = original[cost_key(metric)] - sum(layer.before[metric] for layer in layers)
+        budget = parse_target(metric, target, original[cost_key(metric)])
         cheapest = fixed + cheapest_cost([layer.costs[metric] for layer in layers])
         if budget.limit < cheapest:
             raise ValueError(
@@ -291,7 +167,7 @@ def search(
         exclude_extra = [re.compile(re.escape(n)) for n in skipped if n in {r.name for r in probe.converted}]
         convert_kwargs = dict(selection)
         if exclude_extra:
-            convert_kwargs["exclude"] = list(_as_list(exclude)) + exclude_extra
+            convert_kwargs["exclude"] = list(as_list(exclude)) + exclude_extra
         room = budget.limit - fixed
         notes: list[str] = []
         points: list[Point] = []
@@ -302,15 +178,15 @@ def search(
                 allocator = _Allocator(layers, metric, room, lookahead)
                 context.fit_in_context(model, [layer.name for layer in layers], fit_x, captured, folds=folds, decide=allocator)
                 lookahead = allocator.errors
-            overrides = {n: layers_by(layers, n).choices[j].to_dict() for n, j in allocator.picked.items()}
+            overrides = {n: layer_named(layers, n).choices[j].to_dict() for n, j in allocator.picked.items()}
             small, report = convert(model, overrides=overrides, calib_data=fit_x, example_inputs=example,
                                     progress=progress, **convert_kwargs)
-            cost, quality = _measure(model, small, example, eval_x, metric)
+            cost, quality = measure(model, small, example, eval_x, metric)
             point = Point("searched", "searched", cost["macs"], cost["params"], cost["latency_ms"], quality.top1, quality.kl, overrides)
             points.append(point)
             predicted = _predicted(layers, allocator.picked, allocator.errors, original)
             best = (point, small, report, allocator, predicted, cost)
-            measured_cost = cost[_key(metric)]
+            measured_cost = cost[cost_key(metric)]
             if measured_cost <= budget.limit or attempt == corrections:
                 break
             miss = measured_cost - budget.limit
@@ -321,17 +197,17 @@ def search(
                 break
         point, small, report, allocator, predicted, cost = best
         if check_uniform:
-            uniform = _uniform_within(layers, metric, fixed, budget.limit, cgs, cos, allocator.errors)
+            uniform = uniform_within(layers, metric, fixed, budget.limit, cgs, cos, allocator.errors)
             if uniform is not None:
-                u_point, u_small, u_report, u_cost = _uniform_point(model, layers, uniform, fit_x, eval_x, example, metric,
+                u_point, u_small, u_report, u_cost = uniform_point(model, layers, uniform, fit_x, eval_x, example, metric,
                                                                     convert_kwargs, progress)
                 points.append(u_point)
-                if u_cost[_key(metric)] <= budget.limit and u_point.kl < point.kl:
+                if u_cost[cost_key(metric)] <= budget.limit and u_point.kl < point.kl:
                     notes.append(f"the uniform setting {u_point.label} measured better (KL {u_point.kl:.3f} < {point.kl:.3f}) "
                                  "and is the result")
                     point, small, report, cost = u_point, u_small, u_report, u_cost
-                    predicted = _predicted(layers, _uniform_assignment(layers, *uniform), allocator.errors, original)
-        measured = {**cost, "top1": point.top1, "kl": point.kl, "met": cost[_key(metric)] <= budget.limit}
+                    predicted = _predicted(layers, uniform_assignment(layers, *uniform), allocator.errors, original)
+        measured = {**cost, "top1": point.top1, "kl": point.kl, "met": cost[cost_key(metric)] <= budget.limit}
 
     overrides = point.overrides
     rows = _rows(layers, overrides, allocator)
@@ -343,29 +219,13 @@ def search(
     )
 
 
-def _as_list(patterns: NamePatterns) -> list:
-    if patterns is None:
-        return []
-    if isinstance(patterns, (str, re.Pattern)):
-        return [patterns]
-    return list(patterns)
-
-
-def layers_by(layers: list[_Layer], name: str) -> _Layer:
-    return next(layer for layer in layers if layer.name == name)
-
-
-def _index(layer: _Layer, setting: dict[str, float]) -> int:
-    return next(j for j, c in enumerate(layer.choices) if c.cg == setting["cg"] and c.co == setting["co"])
-
-
-def _predicted(layers: list[_Layer], picked: dict[str, int], errors: dict[str, list[float]],
+def _predicted(layers: list[Layer], picked: dict[str, int], errors: dict[str, list[float]],
                original: dict[str, float | None]) -> dict[str, float | None]:
     """Whole-model costs of an allocation (the original's minus the per-layer savings) and
     its mean in-context error."""
     out: dict[str, float | None] = {}
     for m in METRICS:
-        key = _key(m)
+        key = cost_key(m)
         if m not in layers[0].costs:
             out[key] = None
             continue
@@ -374,51 +234,11 @@ def _predicted(layers: list[_Layer], picked: dict[str, int], errors: dict[str, l
     return out
 
 
-def _uniform_assignment(layers: list[_Layer], cg: int, co: float) -> dict[str, int] | None:
-    """Choice index per layer for a uniform setting (layers it does not divide keep cg=1)."""
-    out = {}
-    for layer in layers:
-        match = [j for j, c in enumerate(layer.choices) if c.cg == cg and (cg == 1 or c.co == co)]
-        if not match:
-            return None
-        out[layer.name] = match[0]
-    return out
-
-
-def _uniform_within(layers, metric, fixed, limit, cgs, cos, errors) -> tuple[int, float] | None:
-    """The uniform ``(cg, co)`` of highest cost within ``limit`` (ties: lowest error)."""
-    best, best_key = None, None
-    for cg in cgs:
-        for co in ((0.0,) if cg == 1 else cos):
-            picks = _uniform_assignment(layers, cg, co)
-            if picks is None:
-                continue
-            cost = fixed + sum(layer.costs[metric][picks[layer.name]] for layer in layers)
-            if cost > limit:
-                continue
-            err = sum(errors[layer.name][picks[layer.name]] for layer in layers)
-            key = (cost, -err)
-            if best_key is None or key > best_key:
-                best, best_key = (cg, co), key
-    return best
-
-
-def _uniform_point(model, layers, setting, fit_x, eval_x, example, metric, convert_kwargs, progress):
-    cg, co = setting
-    overrides = {layer.name: {"cg": cg, "co": co} for layer in layers}
-    small, report = convert(model, overrides=overrides, calib_data=fit_x, example_inputs=example, progress=progress,
-                            **convert_kwargs)
-    cost, quality = _measure(model, small, example, eval_x, metric)
-    label = f"uniform cg={cg} co={co:g}"
-    return Point(label, "uniform", cost["macs"], cost["params"], cost["latency_ms"], quality.top1, quality.kl, overrides), \
-        small, report, cost
-
-
-def _rows(layers: list[_Layer], overrides: dict, allocator: _Allocator) -> list[LayerChoice]:
+def _rows(layers: list[Layer], overrides: dict, allocator: _Allocator) -> list[LayerChoice]:
     rows = []
     for layer in layers:
         setting = overrides[layer.name]
-        j = _index(layer, setting)
+        j = choice_index(layer, setting)
         errors = allocator.errors[layer.name]
         lat = layer.costs.get("latency")
         rows.append(LayerChoice(
@@ -429,44 +249,3 @@ def _rows(layers: list[_Layer], overrides: dict, allocator: _Allocator) -> list[
             error=errors[j], errors={f"{c.cg}/{c.co:g}": e for c, e in zip(layer.choices, errors)},
         ))
     return rows
-
-
-def uniform_points(
-    model: nn.Module,
-    calib_data: Tensor | Iterable,
-    *,
-    cgs: Sequence[int] = (2, 4, 8),
-    cos: Sequence[float] = (0.25, 0.5),
-    eval_data: Tensor | Iterable | None = None,
-    holdout: float = 0.25,
-    example_inputs: Tensor | None = None,
-    latency: bool = False,
-    progress: bool | None = None,
-    **selection,
-) -> list[Point]:
-    """Convert ``model`` with every uniform ``(cg, co)`` (least squares on the calibration
-    images) and measure each on the held-out images, as :func:`search` measures its result.
-
-    ``selection`` takes ``convert``'s ``patterns``/``include``/``exclude``/``min_channels``/
-    ``skip_first``/``skip_last``.
-
-    Example:
-        >>> points = uniform_points(model, calib, cgs=(2, 4), cos=(0.5,))  # doctest: +SKIP
-    """
-    cgs, cos = _check_grid(cgs, cos)
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    fit_x, eval_x = _split(calibration_batch(calib_data, device, dtype), eval_data, holdout, device, dtype)
-    example = fit_x[:1] if example_inputs is None else example_inputs
-    metric = "latency" if latency else "macs"
-    points = []
-    with _eval_mode(model):
-        for cg in cgs:
-            for co in ((0.0,) if cg == 1 else cos):
-                small, _ = convert(model, cg=cg, co=co, calib_data=fit_x, example_inputs=example, progress=progress,
-                                   **selection)
-                cost, quality = _measure(model, small, example, eval_x, metric)
-                points.append(Point(f"uniform cg={cg} co={co:g}", "uniform", cost["macs"], cost["params"],
-                                    cost["latency_ms"], quality.top1, quality.kl, {}))
-    return points
