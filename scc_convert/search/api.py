@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 
 from torch import Tensor, nn
@@ -94,7 +95,7 @@ def search(
     passes: int = 1,
     check_uniform: bool = True,
     corrections: int = 2,
-    progress: bool | None = None,
+    progress: bool = True,
 ) -> SearchResult:
     """Choose ``cg``/``co`` per layer to keep the most of the model's function within a budget.
 
@@ -121,7 +122,7 @@ def search(
         check_uniform: also convert the best uniform setting within the budget and keep it
             when it measures better on the held-out images.
         corrections: how many times a missed budget may be shrunk and searched again.
-        progress: progress bars of the conversions (default: when stderr is a terminal).
+        progress: progress bars of the conversions (on stderr, when it is a terminal).
 
     Returns:
         A :class:`SearchResult`; ``result.model`` is the converted model.
@@ -138,6 +139,7 @@ def search(
     """
     started = time.perf_counter()
     metric, target = _target(target_macs, target_params, target_latency)
+    parse_target(metric, target, 1.0)  # a malformed target fails before any work
     cgs, cos = check_grid(cgs, cos)
     selection = selection_kwargs(patterns, include, exclude, min_channels, skip_first, skip_last)
     if not isinstance(model, nn.Module):
@@ -147,10 +149,14 @@ def search(
     fit_x, eval_x, example = split_data(model, calib_data, eval_data, holdout, example_inputs)
 
     with eval_mode(model):
-        _, probe = convert(model, cg=1, co=0.0, init="slice", example_inputs=example, **selection)
+        with warnings.catch_warnings():  # the probe's own notes are passed on below, once
+            warnings.simplefilter("ignore", UserWarning)
+            _, probe = convert(model, cg=1, co=0.0, init="slice", example_inputs=example, **selection)
         layers, skipped = find_layers(model, probe, cgs, cos, metric, example)
         if not layers:
             raise ValueError("search: no layer to search (" + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
+        for note in probe.warnings:
+            warnings.warn(f"search: {note}", UserWarning, stacklevel=2)
         original = model_cost(profile(model, example_input=example, latency=metric == "latency", dtype=None), "before", metric)
         fixed = original[cost_key(metric)] - sum(layer.before[metric] for layer in layers)
         budget = parse_target(metric, target, original[cost_key(metric)])

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..convert.calibrate import calibration_batch
+from ..convert.policy import parse_patterns
 from ..geometry import check_cg_co
 from ..profile import profile
 from ..quality import agreement
@@ -42,11 +43,16 @@ def eval_mode(model: nn.Module):
             m.training = f
 
 
+SEARCHED_PATTERNS = ("dw_pw", "pw")
+
+
 def selection_kwargs(patterns, include, exclude, min_channels, skip_first, skip_last) -> dict:
-    patterns = tuple(patterns)
-    if "std" in patterns:
-        raise ValueError("search: pattern 'std' is not searched (its SCC input depends on the choice); "
-                         "use patterns=('dw_pw', 'pw')")
+    """``convert``'s layer selection, for the 1x1 conv patterns the search handles."""
+    patterns = parse_patterns(patterns)
+    other = [p for p in patterns if p not in SEARCHED_PATTERNS]
+    if other:
+        raise ValueError(f"search: pattern(s) {other} are not searched (only 1x1 convs: {list(SEARCHED_PATTERNS)}); "
+                         "convert those layers with convert() after the search")
     return {"patterns": patterns, "include": include, "exclude": exclude, "min_channels": min_channels,
             "skip_first": skip_first, "skip_last": skip_last}
 

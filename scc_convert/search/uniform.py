@@ -64,7 +64,7 @@ def uniform_points(
     holdout: float = 0.25,
     example_inputs: Tensor | None = None,
     latency: bool = False,
-    progress: bool | None = None,
+    progress: bool = True,
     **selection,
 ) -> list[Point]:
     """Convert ``model`` with every uniform ``(cg, co)`` (least squares on the calibration

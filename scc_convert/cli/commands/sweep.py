@@ -9,8 +9,10 @@ import copy
 import json
 from pathlib import Path
 
-from ..common import check_output, example, load, say, write_json
-from ..parser import CLIError, add_common, add_model_args, add_run_args, floats, ints
+import torch
+
+from ..common import check_output, input_shape, load, say, write_json
+from ..parser import DTYPES, CLIError, add_common, add_model_args, add_run_args, floats, ints
 
 NAME = "sweep"
 SUMMARY = "search per-layer cg/co under a MACs/params/latency budget, and/or sweep uniform settings"
@@ -99,13 +101,14 @@ def run(args: argparse.Namespace) -> int:
     for path in outputs.values():
         check_output(path, args.model, args.force)
     model = load(args.model, args)
-    calib = _calibration(args)
+    example = torch.zeros(input_shape(model, args.input_shape), device=args.device, dtype=DTYPES[args.dtype])
+    calib = _calibration(args, model)
     eval_x = None
     if args.eval:
         eval_args = copy.copy(args)
         eval_args.calib, eval_args.calib_limit = args.eval, 1 << 30
-        eval_x = _calibration(eval_args)
-    selection = {"patterns": [p for p in args.patterns.split(",") if p], "include": args.include,
+        eval_x = _calibration(eval_args, model)
+    selection = {"patterns": args.patterns, "include": args.include,
                  "exclude": args.exclude, "min_channels": args.min_channels}
     metric = target[0] if target else "macs"
     payload: dict = {"source": str(args.model)}
@@ -113,13 +116,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         if target is not None:
             result = search(model, calib, **{f"target_{target[0]}": target[1]}, cgs=args.cgs, cos=args.cos,
-                            eval_data=eval_x, holdout=args.holdout, example_inputs=example(args),
+                            eval_data=eval_x, holdout=args.holdout, example_inputs=example,
                             check_uniform=not args.no_uniform_check, progress=not args.quiet, **selection)
             payload["search"] = result.to_dict()
             points.extend(result.points)
         if args.grid:
             grid = uniform_points(model, calib, cgs=[c for c in args.cgs if c > 1] or args.cgs, cos=args.cos,
-                                  eval_data=eval_x, holdout=args.holdout, example_inputs=example(args),
+                                  eval_data=eval_x, holdout=args.holdout, example_inputs=example,
                                   latency=metric == "latency", progress=not args.quiet, **selection)
             payload["grid"] = [p.to_dict() for p in grid]
             points.extend(grid)
