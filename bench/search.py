@@ -19,6 +19,9 @@ least 10 points above uniform cg=4 co=0.5; at the MACs of uniform cg=2 co=0.5 at
 points above it; each search within 300 s on this 2-core CPU. The machine's load average is
 recorded before and after (the project's machine is shared; a loaded machine is slower).
 
+Every model a search measured on its 32 crops (its per-layer allocation, and the uniform
+setting it compares itself with) is judged on the held-out crops too.
+
 Writes ``bench/results/search.json`` and the chart ``bench/results/search_mobilenet_v2.png``.
 Run time: about 30 minutes on the shared 2-core machine.
 
@@ -93,16 +96,28 @@ def main(argv: list[str] | None = None) -> int:
         result = search(model, calib, target_macs=base["macs"], eval_data=search_eval, example_inputs=EXAMPLE)
         seconds = time.perf_counter() - t0
         judged = _judge(model, result.model, held)
+        # every model the search measured on its 32 crops, judged here too (re-converted from its overrides)
+        explored = []
+        for p in result.points:
+            same = p.overrides == result.overrides
+            small = result.model if same else convert(model, overrides=p.overrides, calib_data=calib, example_inputs=EXAMPLE)[0]
+            explored.append({"label": p.label, "kind": p.kind, "macs": p.macs, "chosen": same,
+                             "search_eval": {"top1": p.top1, "kl": p.kl}, "judged": _judge(model, small, held)})
+            if p.kind == "searched":
+                points.append(Point(f"per-layer @ cg={cg} MACs", "searched", p.macs, p.params, None,
+                                    explored[-1]["judged"]["top1"], explored[-1]["judged"]["kl"], p.overrides))
         searches[f"macs of cg={cg} co=0.5"] = {
             "target_macs": base["macs"], "macs": result.measured["macs"], "params": result.measured["params"],
             "seconds": seconds, "load_at_start": load, **judged, "search_eval": {"top1": result.measured["top1"], "kl": result.measured["kl"]},
             "gain_points": 100 * (judged["top1"] - base["top1"]), "overrides": result.overrides,
-            "corrections": result.corrections, "points": [p.to_dict() for p in result.points],
+            "corrections": result.corrections, "explored": explored,
         }
-        points.append(Point(f"searched @ cg={cg} MACs", "searched", result.measured["macs"], result.measured["params"], None,
-                            judged["top1"], judged["kl"], result.overrides))
         print(f"search at the MACs of cg={cg} co=0.5: MACs {result.measured['macs'] / 1e6:.1f}M, agreement "
               f"{judged['top1']:.3f} (uniform {base['top1']:.3f}), KL {judged['kl']:.3f}, {seconds:.0f} s", flush=True)
+        for e in explored:
+            print(f"  explored {e['label']}: agreement {e['judged']['top1']:.3f}, KL {e['judged']['kl']:.3f} "
+                  f"(on the search's 32 crops {e['search_eval']['top1']:.3f}, {e['search_eval']['kl']:.3f})"
+                  + (" <- the result" if e["chosen"] else ""), flush=True)
 
     targets = {
         "cg=4 MACs: +10 points": searches["macs of cg=4 co=0.5"]["gain_points"] >= 10,
