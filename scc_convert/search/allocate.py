@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
+import torch
 
 __all__ = ["cheapest_cost", "knapsack"]
 
@@ -45,24 +45,24 @@ def knapsack(costs: Sequence[Sequence[float]], values: Sequence[Sequence[float]]
     steps = [[math.ceil((x - min(c)) / unit - 1e-9) if room > 0 else (0 if x == min(c) else resolution + 1)
               for x in c] for c in costs]
     size = resolution + 1
-    best = np.zeros(size)
+    best = torch.zeros(size, dtype=torch.float64)
     picks = []
     for layer_steps, layer_values in zip(steps, values):
-        new = np.full(size, np.inf)
-        arg = np.full(size, -1, dtype=np.int64)
+        new = torch.full((size,), math.inf, dtype=torch.float64)
+        arg = torch.full((size,), -1, dtype=torch.int64)
         order = sorted(range(len(layer_values)), key=lambda j: layer_steps[j])  # cheaper first wins ties
         for j in order:
             s = layer_steps[j]
             if s >= size:
                 continue
-            cand = np.full(size, np.inf)
-            cand[s:] = best[: size - s] + layer_values[j]
+            cand = torch.full((size,), math.inf, dtype=torch.float64)
+            cand[s:] = best[: size - s] + float(layer_values[j])
             better = cand < new
-            new[better] = cand[better]
+            new = torch.where(better, cand, new)
             arg[better] = j
         picks.append(arg)
         best = new
-    capacity = int(np.argmin(best))  # the cheapest capacity reaching the optimum
+    capacity = int(torch.argmin(best))  # the cheapest capacity reaching the optimum
     chosen = []
     for arg, layer_steps in zip(reversed(picks), reversed(steps)):
         j = int(arg[capacity])
