@@ -72,8 +72,8 @@ def _check_args(
             f"finetune: optimizer must be 'sgd', 'adamw' or a factory params -> torch.optim.Optimizer, "
             f"got {type(optimizer).__name__} (pass a factory, not an optimizer instance)"
         )
-    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"finetune: lr={lr!r} must be a number > 0")
+    if lr not in (None, "auto") and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
+        raise ValueError(f"finetune: lr={lr!r} must be a number > 0, or 'auto' (a learning-rate range test)")
     if weight_decay is not None and not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
         raise ValueError(f"finetune: weight_decay={weight_decay!r} must be a number >= 0")
     if schedule not in _SCHEDULES:
@@ -104,7 +104,7 @@ def finetune(
     epochs: int = 1,
     steps: int | None = None,
     batch_size: int = 64,
-    lr: float | None = None,
+    lr: float | str | None = None,
     optimizer: str | OptimizerFactory = "sgd",
     weight_decay: float | None = None,
     schedule: str = "cosine",
@@ -137,7 +137,11 @@ def finetune(
         epochs: passes over ``train_data``.
         steps: if given, stop after this many optimizer steps in total (a cap on ``epochs``).
         batch_size: used only when ``train_data`` / ``val_data`` is a ``Dataset``.
-        lr: peak learning rate (default 0.01 for SGD, 1e-3 for AdamW).
+        lr: peak learning rate. ``None`` (default) or ``"auto"``: a learning-rate range test
+            picks it before training (about 40 extra steps on ``train_data``, on a copy of the
+            starting state: model, BatchNorm statistics and RNG are restored, see
+            :mod:`.lr_range`); the choice and the measured curve are in ``result.lr`` and
+            ``result.lr_test``. With an optimizer factory the factory sets the rate.
         optimizer: ``"sgd"`` (momentum 0.9, Nesterov), ``"adamw"``, or a factory
             ``params -> torch.optim.Optimizer`` that sets its own lr and weight decay.
         weight_decay: on weights of dimension >= 2 only (default 1e-4 for SGD, 0.01 for AdamW).
@@ -207,6 +211,8 @@ def finetune(
         val = None
         if val_data is not None:
             val = _prepare_data(val_data, "val_data", train=False, batch_size=batch_size, ctx=ctx, seed=seed or 0)
+        if lr is None and isinstance(optimizer, str):
+            lr = "auto"
         return run.fit(train, val, optimizer, lr, weight_decay, schedule, resume, ddp_kwargs or {}, start)
     finally:
         if ctx.created:

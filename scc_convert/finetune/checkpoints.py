@@ -90,3 +90,4 @@ class _State:
     epoch_meter: list[float] = field(default_factory=lambda: [0.0] * 4)
     window_meter: list[float] = field(default_factory=lambda: [0.0] * 4)
     epoch_seconds: float = 0.0
+    lr_test: dict | None = None  # what lr="auto" measured, if it ran

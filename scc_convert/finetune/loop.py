@@ -34,7 +34,8 @@ from .checkpoints import (
 from .data import _data_generators, _length, _set_epoch, _split_batch
 from .distributed import _all_reduce_sum, _broadcast_buffers, _Dist
 from .losses import _correct, _FeatureDistiller, _kd_loss
-from .optim import OptimizerFactory, _build_optimizer, _lr_factor
+from . import lr_range
+from .optim import _OPTIMIZER_DEFAULTS, OptimizerFactory, _build_optimizer, _lr_factor
 from .results import EpochStats, FinetuneResult, StepStats
 
 logger = logging.getLogger("scc_convert.finetune")
@@ -204,7 +205,8 @@ class _Run:
         if is_best:
             _atomic_save(payload, self.checkpoint_dir / BEST_CHECKPOINT)
 
-    def _load(self, resume: bool | str | os.PathLike, optimizer, scheduler, scaler) -> dict[str, Any] | None:
+    def _resume_path(self, resume: bool | str | os.PathLike) -> Path | None:
+        """The checkpoint this run continues from, or ``None`` for a fresh start."""
         if resume is False:
             return None
         path = self.checkpoint_dir / LAST_CHECKPOINT if resume is True else Path(resume)
@@ -214,6 +216,11 @@ class _Run:
                     logger.info("finetune: no checkpoint at %s; starting from scratch", path)
                 return None
             raise FileNotFoundError(f"finetune: resume={str(resume)!r}: no such checkpoint file")
+        return path
+
+    def _load(self, path: Path | None, optimizer, scheduler, scaler) -> dict[str, Any] | None:
+        if path is None:
+            return None
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"finetune: {path} is not a finetune checkpoint (format {CHECKPOINT_FORMAT!r})")
@@ -234,6 +241,7 @@ class _Run:
             epoch_meter=s["epoch_meter"],
             window_meter=s["window_meter"],
             epoch_seconds=s["epoch_seconds"],
+            lr_test=s.get("lr_test"),
         )
         if ckpt["world_size"] != self.ctx.world_size:
             warnings.warn(
@@ -266,8 +274,44 @@ class _Run:
                 "epoch_meter": s.epoch_meter,
                 "window_meter": s.window_meter,
                 "epoch_seconds": s.epoch_seconds,
+                "lr_test": s.lr_test,
             },
         }
+
+    def _find_lr(self, net: nn.Module, train: Iterable, optimizer_spec, weight_decay, scaler, generators) -> float:
+        """``lr="auto"``: a range test on the training batches, on a copy of the run's start
+        (model, BatchNorm statistics and every RNG are put back afterwards, so the run itself
+        is the one a fixed rate would give). Losses are averaged over ranks, so every rank
+        picks the same rate."""
+        saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        rng = _rng_state(generators)
+        optimizer = _build_optimizer(self.model, optimizer_spec, lr_range.START, weight_decay)
+        meter = _Meter(self.device)
+        batches = iter(())
+
+        def step(lr: float) -> float:
+            nonlocal batches
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = next(batches, None)
+            if batch is None:
+                batches = iter(train)
+                batch = next(batches, None)
+            meter.reset()
+            self._step(net, batch, optimizer, None, scaler, meter, meter)
+            loss_sum, n = _all_reduce_sum(meter.sums[:2].clone(), self.ctx).tolist()
+            return loss_sum / max(n, 1.0)
+
+        self._train_mode()
+        try:
+            test = lr_range.range_test(step, _OPTIMIZER_DEFAULTS[optimizer_spec][0])
+        finally:
+            self.model.load_state_dict(saved)
+            _set_rng_state(rng, generators)
+        self.state.lr_test = test.to_dict()
+        if self.ctx.main:
+            logger.info("finetune: lr='auto' chose %.3g (%s)", test.lr, test.reason)
+        return test.lr
 
     # -- fit -----------------------------------------------------------------------------
 
@@ -302,12 +346,9 @@ class _Run:
             model.to(dev)
             if teacher is not None:
                 teacher.to(dev).eval()
-            optimizer = _build_optimizer(model, optimizer_spec, lr, weight_decay)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(schedule, total))
-            scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16 and dev.type == "cuda")
             generators = _data_generators(train)
-            restored = self._load(resume, optimizer, scheduler, scaler)
-            if restored is None and self.seed is not None and self.state.step == 0:
+            resume_path = self._resume_path(resume)
+            if resume_path is None and self.seed is not None:
                 _seed_everything(self.seed, ctx.rank)
             net: nn.Module = model
             if ctx.active:
@@ -315,6 +356,13 @@ class _Run:
 
                 device_ids = [dev.index] if dev.type == "cuda" else None
                 net = DistributedDataParallel(model, device_ids=device_ids, **ddp_kwargs)
+            scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16 and dev.type == "cuda")
+            if lr == "auto":  # a resumed run takes its rate from the checkpoint's scheduler
+                lr = None if resume_path is not None else self._find_lr(net, train, optimizer_spec, weight_decay, scaler, generators)
+            optimizer = _build_optimizer(model, optimizer_spec, lr, weight_decay)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(schedule, total))
+            restored = self._load(resume_path, optimizer, scheduler, scaler)
+            peak_lr = None if callable(optimizer_spec) else float(scheduler.base_lrs[0])
             show = self.progress and ctx.main and _stderr_is_tty()
             self._loop(net, train, val, per_epoch, optimizer, scheduler, scaler, generators, restored, show)
             _broadcast_buffers(model, ctx)
@@ -347,6 +395,8 @@ class _Run:
             amp={None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype],
             device=str(dev),
             world_size=ctx.world_size,
+            lr=peak_lr,
+            lr_test=s.lr_test,
         )
 
     def _loop(
@@ -464,7 +514,8 @@ class _Run:
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        scheduler.step()
+        if scheduler is not None:
+            scheduler.step()
         correct = None if y is None else _correct(logits.detach(), y)
         for meter in (epoch_meter, window_meter):
             meter.add(loss, x.shape[0], correct, x.shape[0])

@@ -59,6 +59,9 @@ class FinetuneResult:
         steps: optimizer steps taken in total (including before a resume).
         final: the last epoch's ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``.
         amp: ``"bf16"``, ``"fp16"`` or ``"off"``; device: where training ran; world_size: ranks.
+        lr: the peak learning rate the run used (``None`` with an optimizer factory).
+        lr_test: with ``lr="auto"``, the range test that chose it (rates, smoothed losses,
+            reason); else ``None``.
     """
 
     model: nn.Module = field(repr=False)
@@ -75,6 +78,8 @@ class FinetuneResult:
     amp: str
     device: str
     world_size: int
+    lr: float | None = None
+    lr_test: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the model, as JSON-ready built-in types."""

@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, help="learning rate (default: 0.01 for sgd, 1e-3 for adamw)")
+    p.add_argument("--lr", type=_lr, default="auto",
+                   help="peak learning rate, or 'auto' (default): a learning-rate range test picks it")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
     p.add_argument("--kd-alpha", type=float, help="weight of the distillation loss (default 0.5 with a teacher)")
     p.add_argument("--kd-temperature", type=float, default=4.0)
@@ -53,6 +54,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_output_args(p)
     add_model_args(p)
     add_common(p)
+
+
+def _lr(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'auto'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
 
 
 def _image_folder_loaders(args: argparse.Namespace):
@@ -144,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         final = result.final
-        say(args, f"fine-tuned {result.steps} steps in {result.wall_time_s:.1f} s on {result.device} (amp {result.amp}); "
-                  f"final: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if v is not None))
+        chosen = f"lr {result.lr:.3g}" + (" (range test: " + result.lr_test["reason"] + ")" if result.lr_test else "")
+        say(args, f"fine-tuned {result.steps} steps in {result.wall_time_s:.1f} s on {result.device} (amp {result.amp}, "
+                  f"{chosen}); final: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if v is not None))
         say(args, f"wrote {out}")
     return 0
