@@ -21,7 +21,7 @@ from .build import make_dwscc, make_pointwise, replacement
 from .patterns import Candidate, channels, find_candidates
 from .policy import Decision, LayerPolicy, parse_patterns
 from .report import ConversionReport, LayerRecord
-from .transfer import factorise_standard
+from .transfer import factorise_standard, window_index
 
 __all__ = ["convert", "INITS"]
 
@@ -167,7 +167,8 @@ def _convert_lsq(target, todo, geoms, records, calib_data, device, dtype, progre
         geom, conv = geoms[c.name], c.layer
         intercept = True  # a fitted bias absorbs the mean shift the narrower windows leave
         if c.pattern == "std":
-            depthwise, _ = factorise_standard(conv.weight, geom)
+            depthwise, scale = factorise_standard(conv.weight, geom)
+            prior = _dense(scale, geom)  # what the fit may be pulled toward
             dw = make_dwscc(conv, geom, depthwise, None, None, None).depthwise
 
             def prepare(t, dw=dw):
@@ -177,6 +178,7 @@ def _convert_lsq(target, todo, geoms, records, calib_data, device, dtype, progre
                 return make_dwscc(conv, geom, depthwise, window_of, weight, bias)
         else:
             step = 1 if c.pattern == "linear" else conv.stride[0]
+            prior = conv.weight.detach().reshape(conv.weight.shape[0], -1)  # the original weight
 
             def prepare(t, step=step):
                 return t[:, :, ::step, ::step] if step > 1 else t
@@ -184,11 +186,19 @@ def _convert_lsq(target, todo, geoms, records, calib_data, device, dtype, progre
             def build(window_of, weight, bias, conv=conv, geom=geom):
                 return make_pointwise(conv, geom, window_of, weight, bias)
 
-        placeholders[c.name] = calibrate._Fitting(c.name, prepare, geom, intercept, samples[c.name], build, done)
+        placeholders[c.name] = calibrate._Fitting(c.name, prepare, geom, intercept, samples[c.name], build, done,
+                                                  prior=prior)
     try:
         calibrate.fit_in_order(target, placeholders, x, _set_module)
     finally:
         bar.close()
+
+
+def _dense(scc_weight: Tensor, geom: SCCGeometry) -> Tensor:
+    """``[Cout, Cin]``: an SCC weight ``[Cout, gw]`` in the default window order, scattered
+    into a dense pointwise weight (zeros off the windows)."""
+    dense = scc_weight.detach().new_zeros(geom.out_channels, geom.in_channels)
+    return dense.scatter_(1, window_index(geom, device=scc_weight.device), scc_weight.detach())
 
 
 # -- bookkeeping ------------------------------------------------------------------------------

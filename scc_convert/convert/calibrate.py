@@ -10,6 +10,11 @@ Two forward passes over the calibration batch, whatever the number of layers:
    ridge least squares with an intercept in fp64, one Gram matrix per window, assignment by
    residual), becomes that SCC, and passes the SCC's output on.
 
+The ridge weight, and whether the ridge pulls toward zero or toward the original layer's
+sliced weights, are chosen per layer by cross-validation over the calibration images
+(:data:`FOLDS` folds, images held out whole): deep layers see few pixels per image (49 at
+7x7) and an unregularised fit then reproduces the calibration set and nothing else.
+
 The calibration data is run as one batch (it is concatenated), so keep it to the few dozen
 images the method needs.
 """
@@ -22,11 +27,13 @@ import torch
 from torch import Tensor, nn
 
 from ..geometry import SCCGeometry
-from .transfer import solve_windows
+from .transfer import solve_windows_cv
 
 __all__ = ["calibration_batch", "capture_targets", "fit_in_order", "recalibrate_batchnorm"]
 
 MAX_SAMPLES = 8192  # pixels per layer entering the least-squares problem
+FOLDS = 3  # image folds of the cross-validated ridge choice
+RIDGES = (1e-4, 1e-2, 1e-1, 1.0)  # ridge weights tried, relative to the mean Gram diagonal
 
 
 def calibration_batch(data: Tensor | Iterable, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -63,6 +70,7 @@ class _Sample:
     def __init__(self, count: int, seed: int, features_last: bool) -> None:
         self.count, self.seed, self.features_last = count, seed, features_last
         self.index: Tensor | None = None
+        self.images: Tensor | None = None  # which calibration image each sampled row is from
         self.target: Tensor | None = None
 
     def take(self, t: Tensor) -> Tensor:
@@ -72,6 +80,7 @@ class _Sample:
             n = rows.shape[0]
             idx = torch.randperm(n, generator=gen)[: self.count] if n > self.count else torch.arange(n)
             self.index = idx.to(rows.device)
+            self.images = idx // max(1, n // t.shape[0])
         return rows.index_select(0, self.index)
 
 
@@ -100,10 +109,11 @@ class _Fitting(nn.Module):
     """Stands in for a layer during the fitting pass; becomes its SCC on first call."""
 
     def __init__(self, name: str, prepare: Callable[[Tensor], Tensor], geom: SCCGeometry, intercept: bool,
-                 sample: _Sample, build: Callable[..., nn.Module], on_done: Callable[[str, nn.Module, float], None]) -> None:
+                 sample: _Sample, build: Callable[..., nn.Module], on_done: Callable[[str, nn.Module, float], None],
+                 prior: Tensor | None = None) -> None:
         super().__init__()
         self.name, self.prepare, self.geom, self.intercept = name, prepare, geom, intercept
-        self.sample, self.build, self.on_done = sample, build, on_done
+        self.sample, self.build, self.on_done, self.prior = sample, build, on_done, prior
         self.result: nn.Module | None = None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -113,13 +123,27 @@ class _Fitting(nn.Module):
             if self.intercept:
                 u = torch.cat([u, u.new_ones(u.shape[0], 1)], 1)
             centred = y - y.mean(0)
-            window_of, weight, bias, err = solve_windows(
-                u.t() @ u, u.t() @ y, y.square().sum(0), self.geom, self.intercept
-            )
+            folds = [_moments(u[m], y[m]) for m in _fold_masks(self.sample.images.to(u.device), FOLDS)]
+            window_of, weight, bias, err = solve_windows_cv(folds, self.geom, self.intercept, RIDGES, self.prior)
             self.result = self.build(window_of, weight, bias)
             total = centred.square().sum().item()
             self.on_done(self.name, self.result, err.sum().item() / total if total > 0 else 0.0)
         return self.result(x)
+
+
+def _moments(u: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return u.t() @ u, u.t() @ y, y.square().sum(0)
+
+
+def _fold_masks(images: Tensor, folds: int) -> list[Tensor]:
+    """Row masks splitting the sampled rows into ``folds`` groups of whole images (fewer with
+    fewer images; one, all rows, with a single image)."""
+    ids = images.unique(sorted=True)
+    k = min(folds, ids.numel())
+    fold_of = torch.empty(int(ids.max()) + 1, dtype=torch.long, device=images.device)
+    fold_of[ids] = torch.arange(ids.numel(), device=images.device) % k
+    per_row = fold_of[images]
+    return [per_row == f for f in range(k)]
 
 
 def fit_in_order(model: nn.Module, placeholders: dict[str, _Fitting], x: Tensor,

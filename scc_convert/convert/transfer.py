@@ -19,7 +19,10 @@ from torch import Tensor
 
 from ..geometry import SCCGeometry, cyclic_columns
 
-__all__ = ["window_index", "slice_weight", "assign_windows", "energy_assignment", "kept_energy", "factorise_standard", "solve_windows", "RIDGE"]
+__all__ = [
+    "window_index", "slice_weight", "assign_windows", "energy_assignment", "kept_energy", "factorise_standard",
+    "solve_windows", "solve_windows_cv", "window_solutions", "window_errors", "RIDGE",
+]
 
 RIDGE = 1e-4  # solve_windows' Tikhonov weight, relative to the mean diagonal of a window's Gram matrix
 
@@ -106,8 +109,40 @@ def factorise_standard(kernel: Tensor, geom: SCCGeometry, iterations: int = 25) 
     return depthwise.to(kernel.dtype), scale.gather(1, idx).to(kernel.dtype)
 
 
+def _window_columns(geom: SCCGeometry, w: int, intercept: bool) -> list[int]:
+    return list(geom.window_channels(w)) + ([geom.in_channels] if intercept else [])
+
+
+def window_solutions(gram: Tensor, cross: Tensor, geom: SCCGeometry, intercept: bool, ridge: float,
+                     prior: Tensor | None = None) -> list[Tensor]:
+    """Per window ``w``, the ridge solution ``[D_w, Cout]`` of every output restricted to that
+    window's channels (and the intercept). Arguments as in :func:`solve_windows`."""
+    gw, thetas = geom.group_width, []
+    for w in range(geom.cyclic_distance):
+        cols = _window_columns(geom, w, intercept)
+        g = gram[cols][:, cols]
+        reg = torch.zeros(len(cols), dtype=g.dtype, device=g.device)
+        reg[:gw] = ridge * g.diagonal()[:gw].mean().clamp_min(1e-12)
+        rhs = cross[cols] if prior is None else cross[cols] + _prior_rows(prior, cols[:gw], reg, len(cols))
+        thetas.append(torch.linalg.solve(g + torch.diag(reg), rhs))
+    return thetas
+
+
+def window_errors(gram: Tensor, cross: Tensor, target_sq: Tensor, geom: SCCGeometry, intercept: bool,
+                  thetas: list[Tensor]) -> Tensor:
+    """``[Cout, cd]``: the squared error each output would leave on data with these second
+    moments (e.g. a held-out fold's) if it read window ``w`` with ``thetas[w]``."""
+    errors = []
+    for w, theta in enumerate(thetas):
+        cols = _window_columns(geom, w, intercept)
+        g, b = gram[cols][:, cols], cross[cols]
+        errors.append((target_sq - 2 * (theta * b).sum(0) + (theta * (g @ theta)).sum(0)).clamp_min(0))
+    return torch.stack(errors, 1)
+
+
 def solve_windows(
-    gram: Tensor, cross: Tensor, target_sq: Tensor, geom: SCCGeometry, intercept: bool, ridge: float = RIDGE
+    gram: Tensor, cross: Tensor, target_sq: Tensor, geom: SCCGeometry, intercept: bool, ridge: float = RIDGE,
+    prior: Tensor | None = None,
 ) -> tuple[tuple[int, ...], Tensor, Tensor | None, Tensor]:
     """Least-squares SCC weights from second moments of the calibration data (fp64).
 
@@ -118,6 +153,9 @@ def solve_windows(
         target_sq: ``[Cout]``: ``sum(Y**2)`` per output.
         intercept: fit a bias (the last row/column of ``gram`` is the constant input).
         ridge: Tikhonov weight, relative to the mean diagonal of each window's Gram matrix.
+        prior: optional ``[Cout, Cin]`` weight the ridge pulls toward (each output's entries on
+            its window's channels) instead of toward zero: with few samples per unknown a large
+            ``ridge`` then keeps the fit near the original layer.
 
     For every window the ridge problem is solved for all outputs at once (the window's Gram
     matrix is shared); the residual each output would leave on each window then drives the
@@ -126,21 +164,50 @@ def solve_windows(
     Returns:
         ``(window_of, weight [Cout, gw], bias [Cout] or None, error [Cout])``.
     """
-    cin, cout, gw = geom.in_channels, geom.out_channels, geom.group_width
-    thetas, errors = [], []
-    for w in range(geom.cyclic_distance):
-        cols = list(geom.window_channels(w)) + ([cin] if intercept else [])
-        g = gram[cols][:, cols]
-        b = cross[cols]
-        reg = torch.zeros(len(cols), dtype=g.dtype, device=g.device)
-        reg[:gw] = ridge * g.diagonal()[:gw].mean().clamp_min(1e-12)
-        theta = torch.linalg.solve(g + torch.diag(reg), b)  # [D_w, Cout]
-        err = target_sq - 2 * (theta * b).sum(0) + (theta * (g @ theta)).sum(0)
-        thetas.append(theta)
-        errors.append(err.clamp_min(0))
-    error = torch.stack(errors, 1)  # [Cout, cd]
+    thetas = window_solutions(gram, cross, geom, intercept, ridge, prior)
+    error = window_errors(gram, cross, target_sq, geom, intercept, thetas)
     window_of = assign_windows(-error, geom)
     chosen = torch.stack([thetas[w][:, o] for o, w in enumerate(window_of)])  # [Cout, D_w]
-    weight = chosen[:, :gw]
-    bias = chosen[:, gw] if intercept else None
-    return window_of, weight, bias, error[torch.arange(cout), list(window_of)]
+    weight, bias = chosen[:, : geom.group_width], (chosen[:, geom.group_width] if intercept else None)
+    return window_of, weight, bias, error[torch.arange(geom.out_channels), list(window_of)]
+
+
+Moments = tuple[Tensor, Tensor, Tensor]  # (gram, cross, target_sq), as solve_windows takes them
+
+
+def solve_windows_cv(folds: list[Moments], geom: SCCGeometry, intercept: bool, ridges: tuple[float, ...],
+                     prior: Tensor | None = None) -> tuple[tuple[int, ...], Tensor, Tensor | None, Tensor]:
+    """:func:`solve_windows` with its regularisation chosen by cross-validation.
+
+    For every ridge in ``ridges`` and every pull (toward zero, and toward ``prior`` when
+    given), the layer is fitted on all folds (which fixes its window assignment), then each
+    fold's moments are held out in turn from a fit on the others and scored at that
+    assignment. The setting with the least total held-out error wins (one per layer: chosen
+    per output, the choice follows the noise of small folds). With a single fold:
+    :func:`solve_windows` at the smallest ridge. Returns as :func:`solve_windows`.
+    """
+    total = tuple(sum(f[i] for f in folds) for i in range(3))
+    if len(folds) < 2:
+        return solve_windows(*total, geom, intercept, ridge=min(ridges))
+    outputs = torch.arange(geom.out_channels)
+    best_error, best_fit = float("inf"), None
+    for pull in (None, prior) if prior is not None else (None,):
+        for ridge in ridges:
+            fit = solve_windows(*total, geom, intercept, ridge=ridge, prior=pull)
+            chosen = list(fit[0])
+            error = 0.0
+            for held in folds:
+                rest = [t - h for t, h in zip(total, held)]
+                thetas = window_solutions(rest[0], rest[1], geom, intercept, ridge, pull)
+                error += window_errors(*held, geom, intercept, thetas)[outputs, chosen].sum().item()
+            if error < best_error:
+                best_error, best_fit = error, fit
+    return best_fit
+
+
+def _prior_rows(prior: Tensor, channels: list[int], reg: Tensor, rows: int) -> Tensor:
+    """``reg * theta0``: the ridge's pull toward the prior weight, as rows of the right-hand side
+    (``[rows, Cout]``; the intercept row, if any, is not pulled)."""
+    theta0 = torch.zeros(rows, prior.shape[0], dtype=reg.dtype, device=reg.device)
+    theta0[: len(channels)] = prior.detach().to(reg.dtype).t()[channels]
+    return reg[:, None] * theta0
