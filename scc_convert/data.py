@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["DIGITS_NUM_CLASSES", "digits_tensors", "digits_loaders", "PHOTOS", "photo_crops"]
+__all__ = ["DIGITS_NUM_CLASSES", "DIGITS_IMAGE_SIZE", "digits_tensors", "digits_loaders", "PHOTOS", "photo_crops"]
 
 DIGITS_NUM_CLASSES = 10
+DIGITS_IMAGE_SIZE = 32  # digits_loaders' default: the 8x8 scans upsampled 4x
 
 
 def _load_digits():
@@ -34,7 +35,7 @@ def _load_digits():
 
 
 def digits_tensors(
-    image_size: int = 32, channels: int = 3, val_fraction: float = 0.2, seed: int = 0
+    image_size: int = DIGITS_IMAGE_SIZE, channels: int = 3, val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[TensorDataset, TensorDataset]:
     """The digits as ``(train, val)`` ``TensorDataset`` s of ``(image, label)`` pairs.
 
@@ -76,7 +77,7 @@ def digits_tensors(
 
 def digits_loaders(
     batch_size: int = 64,
-    image_size: int = 32,
+    image_size: int = DIGITS_IMAGE_SIZE,
     channels: int = 3,
     seed: int = 0,
     val_fraction: float = 0.2,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import warnings
 from pathlib import Path
 
 import torch
 
-from ...inputs import input_channels
+from ...data import DIGITS_IMAGE_SIZE
+from ...inputs import declared_shape, input_channels
 from ..common import add_output_args, check_output, input_shape, load, recorded_arch, say, write_model
 from ..parser import CLIError, add_common, add_model_args, device, floats
 
@@ -43,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto")
     p.add_argument("--image-size", type=int, default=None,
                    help="training crop size for ImageFolder data, image size for digits (default: the size "
-                        "the model declares, else the first of 224, 32, 64, 96, 128, 160 it runs on)")
+                        "the model declares, else 32 for digits and for folders the first of 224, 32, 64, "
+                        "96, 128, 160 it runs on)")
     p.add_argument("--mean", type=floats, default=(0.485, 0.456, 0.406))
     p.add_argument("--std", type=floats, default=(0.229, 0.224, 0.225))
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for ImageFolder data")
@@ -120,10 +123,15 @@ def run(args: argparse.Namespace) -> int:
     args.arch = args.arch or recorded_arch(args.model)  # the converted file names the teacher's architecture
     teacher = load(args.teacher, args) if args.teacher else None
     student = load(args.model, args, base=teacher).train()
+    channels = input_channels(student)
     if args.image_size is None:
-        _, channels, args.image_size, _ = input_shape(student, None)
-    else:
-        channels = input_channels(student)
+        declared = declared_shape(student)
+        if declared is not None:
+            _, channels, args.image_size, _ = declared
+        elif args.data == "digits":  # 8x8 scans: probing the model for 224 would upsample them 28x
+            args.image_size = DIGITS_IMAGE_SIZE
+        else:
+            _, channels, args.image_size, _ = input_shape(student, None)
     if args.data == "digits":
         from ...data import DIGITS_NUM_CLASSES, digits_loaders
 
@@ -150,8 +158,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         raise CLIError(str(err), 1) from None
-    if result.world_size > 1 and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return 0
+    if result.world_size > 1 and int(os.environ.get("RANK", "0")) != 0:  # the process group is gone by now
+        return 0  # rank 0 alone writes the file and reports
     write_model(result.model.cpu(), out, args, args.arch or recorded_arch(args.model))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
