@@ -189,20 +189,37 @@ def solve_windows_cv(folds: list[Moments], geom: SCCGeometry, intercept: bool, r
     total = tuple(sum(f[i] for f in folds) for i in range(3))
     if len(folds) < 2:
         return solve_windows(*total, geom, intercept, ridge=min(ridges))
-    outputs = torch.arange(geom.out_channels)
     best_error, best_fit = float("inf"), None
     for pull in (None, prior) if prior is not None else (None,):
         for ridge in ridges:
             fit = solve_windows(*total, geom, intercept, ridge=ridge, prior=pull)
-            chosen = list(fit[0])
-            error = 0.0
-            for held in folds:
-                rest = [t - h for t, h in zip(total, held)]
-                thetas = window_solutions(rest[0], rest[1], geom, intercept, ridge, pull)
-                error += window_errors(*held, geom, intercept, thetas)[outputs, chosen].sum().item()
+            error = sum(_held_out_error([t - h for t, h in zip(total, held)], held, geom, intercept, ridge, pull, fit[0])
+                        for held in folds)
             if error < best_error:
                 best_error, best_fit = error, fit
     return best_fit
+
+
+def _held_out_error(rest: list[Tensor], held: Moments, geom: SCCGeometry, intercept: bool, ridge: float,
+                    prior: Tensor | None, window_of: tuple[int, ...]) -> float:
+    """The squared error on ``held`` of the fit on ``rest`` at the assignment ``window_of``
+    (each window solved for its own outputs only)."""
+    gw, owners, error = geom.group_width, torch.tensor(window_of), 0.0
+    for w in range(geom.cyclic_distance):
+        outs = (owners == w).nonzero().flatten().to(rest[0].device)
+        if outs.numel() == 0:
+            continue
+        cols = _window_columns(geom, w, intercept)
+        g = rest[0][cols][:, cols]
+        reg = torch.zeros(len(cols), dtype=g.dtype, device=g.device)
+        reg[:gw] = ridge * g.diagonal()[:gw].mean().clamp_min(1e-12)
+        rhs = rest[1][cols][:, outs]
+        if prior is not None:
+            rhs = rhs + _prior_rows(prior[outs], cols[:gw], reg, len(cols))
+        theta = torch.linalg.solve(g + torch.diag(reg), rhs)  # [D_w, outputs of w]
+        hg, hc, hs = held[0][cols][:, cols], held[1][cols][:, outs], held[2][outs]
+        error += (hs - 2 * (theta * hc).sum(0) + (theta * (hg @ theta)).sum(0)).clamp_min(0).sum().item()
+    return error
 
 
 def _prior_rows(prior: Tensor, channels: list[int], reg: Tensor, rows: int) -> Tensor:
