@@ -281,4 +281,5 @@ def test_finetune_under_torchrun_reports_and_writes_once(tmp_path):
     result, end = json.JSONDecoder().raw_decode(out)
     assert out[end:].strip() == ""  # one report: rank 0's
     assert result["world_size"] == 2 and result["steps"] == 2
-    assert scc_convert.load(tmp_path / "ft.pt")(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    tuned = scc_convert.load(tmp_path / "ft.pt", "scc_convert.models:cifar_mobilenet")  # a pickle in: no arch recorded
+    assert tuned(torch.randn(1, 3, 32, 32)).shape == (1, 10)
