@@ -23,7 +23,7 @@ from .policy import Decision, LayerPolicy, parse_patterns
 from .report import ConversionReport, LayerRecord
 from .transfer import factorise_standard, window_index
 
-__all__ = ["convert", "INITS"]
+__all__ = ["INITS", "convert"]
 
 INITS = ("slice", "energy", "lsq", "random")
 
@@ -123,7 +123,7 @@ def convert(
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
 
     records = {c.name: _record(c, d, geoms.get(c.name)) for c, d in zip(candidates, decisions)}
-    with _eval_mode(target), torch.no_grad():
+    with eval_mode(target), torch.no_grad():
         shapes, found = _count_before(target, candidates, records, example_inputs)
         todo = [c for c, d in zip(candidates, decisions) if d.convert]
         if init == "lsq":
@@ -131,7 +131,7 @@ def convert(
         else:
             for c in todo:
                 new, quality = replacement(c, geoms[c.name], init)
-                _set_module(target, c.name, new)
+                calibrate.set_module(target, c.name, new)
                 _finish(records[c.name], new, quality)
         if recalibrate_bn:
             calibrate.recalibrate_batchnorm(target, calibrate.calibration_batch(calib_data, device, dtype))
@@ -189,7 +189,7 @@ def _convert_lsq(target, todo, geoms, records, calib_data, device, dtype, progre
         placeholders[c.name] = calibrate._Fitting(c.name, prepare, geom, intercept, samples[c.name], build, done,
                                                   prior=prior)
     try:
-        calibrate.fit_in_order(target, placeholders, x, _set_module)
+        calibrate.fit_in_order(target, placeholders, x)
     finally:
         bar.close()
 
@@ -204,14 +204,9 @@ def _dense(scc_weight: Tensor, geom: SCCGeometry) -> Tensor:
 # -- bookkeeping ------------------------------------------------------------------------------
 
 
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, module)
-
-
 @contextmanager
-def _eval_mode(model: nn.Module):
+def eval_mode(model: nn.Module):
+    """Every submodule in eval mode inside the block; each one's own flag restored after."""
     flags = {m: m.training for m in model.modules()}
     model.eval()
     try:

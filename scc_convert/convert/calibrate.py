@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..geometry import SCCGeometry
 from .transfer import solve_windows_cv
 
-__all__ = ["calibration_batch", "capture_targets", "fit_in_order", "recalibrate_batchnorm"]
+__all__ = ["calibration_batch", "capture_targets", "fit_in_order", "recalibrate_batchnorm", "set_module"]
 
 MAX_SAMPLES = 8192  # pixels per layer entering the least-squares problem
 FOLDS = 3  # image folds of the cross-validated ridge choice
@@ -146,9 +146,16 @@ def _fold_masks(images: Tensor, folds: int) -> list[Tensor]:
     return [per_row == f for f in range(k)]
 
 
-def fit_in_order(model: nn.Module, placeholders: dict[str, _Fitting], x: Tensor,
-                 set_module: Callable[[nn.Module, str, nn.Module], None]) -> None:
-    """Install the placeholders, run the fitting pass, then put the fitted layers in place."""
+def set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at the dotted ``name`` inside ``root``."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, module)
+
+
+def fit_in_order(model: nn.Module, placeholders: dict[str, nn.Module], x: Tensor) -> None:
+    """Install the placeholders (modules that become their fitted layer, ``.result``, when the
+    forward reaches them), run the fitting pass, then put the fitted layers in place."""
     for name, ph in placeholders.items():
         set_module(model, name, ph)
     model(x)

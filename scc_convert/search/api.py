@@ -28,14 +28,15 @@ from collections.abc import Iterable, Sequence
 from torch import Tensor, nn
 
 from ..convert import convert
+from ..convert.api import eval_mode
 from ..profile import profile
 from . import context
 from .allocate import cheapest_cost, knapsack
 from .costs import METRICS, format_cost, parse_target
 from .result import LayerChoice, Point, SearchResult
 from .sensitivity import Choice, choice_errors
-from .space import (Layer, NamePatterns, as_list, check_grid, choice_index, cost_key, eval_mode, find_layers,
-                    layer_named, measure, model_cost, selection_kwargs, split_data)
+from .space import (Layer, NamePatterns, as_list, check_grid, choice_index, cost_key, find_layers, layer_named,
+                    measure, model_cost, selection_kwargs, split_data)
 from .uniform import uniform_assignment, uniform_point, uniform_within
 
 __all__ = ["search"]

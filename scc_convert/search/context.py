@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..convert.calibrate import fit_in_order
 from ..convert.transfer import solve_windows
 from ..geometry import SCCGeometry
 from ..nn import SCCConv2d
@@ -102,11 +103,6 @@ def _fitted(conv: nn.Conv2d, choice: Choice, moments: LayerMoments) -> SCCConv2d
     return new
 
 
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, attr, module)
-
-
 @torch.no_grad()
 def fit_in_context(model: nn.Module, names: list[str], x: Tensor, captured: dict[str, Captured], *, folds: int,
                    decide: Decide) -> nn.Module:
@@ -114,11 +110,5 @@ def fit_in_context(model: nn.Module, names: list[str], x: Tensor, captured: dict
     called once per layer in forward order with the layer's in-context moments."""
     work = copy.deepcopy(model).eval()
     holders = {name: _Placeholder(name, work.get_submodule(name), captured[name], folds, decide) for name in names}
-    for name, holder in holders.items():
-        _set_module(work, name, holder)
-    work(x)
-    for name, holder in holders.items():
-        if holder.result is None:
-            raise RuntimeError(f"layer {name!r} was not reached by the calibration forward")
-        _set_module(work, name, holder.result)
+    fit_in_order(work, holders, x)
     return work

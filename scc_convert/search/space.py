@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +18,6 @@ from ..quality import agreement
 from .costs import layer_latency_ms
 from .sensitivity import Choice, layer_choices
 
-
 NamePatterns = str | re.Pattern | Iterable[str | re.Pattern] | None
 
 
@@ -30,17 +28,6 @@ class Layer:
     choices: list[Choice]
     before: dict[str, float]  # metric -> the original layer's cost
     costs: dict[str, list[float]]  # metric -> cost of each choice
-
-
-@contextmanager
-def eval_mode(model: nn.Module):
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, f in flags.items():
-            m.training = f
 
 
 SEARCHED_PATTERNS = ("dw_pw", "pw")

@@ -8,8 +8,9 @@ from collections.abc import Iterable, Sequence
 from torch import Tensor, nn
 
 from ..convert import convert
+from ..convert.api import eval_mode
 from .result import Point
-from .space import Layer, check_grid, eval_mode, measure, split_data
+from .space import Layer, check_grid, measure, split_data
 
 __all__ = ["uniform_points"]
 
