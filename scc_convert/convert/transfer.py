@@ -117,15 +117,19 @@ def window_solutions(gram: Tensor, cross: Tensor, geom: SCCGeometry, intercept: 
                      prior: Tensor | None = None) -> list[Tensor]:
     """Per window ``w``, the ridge solution ``[D_w, Cout]`` of every output restricted to that
     window's channels (and the intercept). Arguments as in :func:`solve_windows`."""
-    gw, thetas = geom.group_width, []
-    for w in range(geom.cyclic_distance):
-        cols = _window_columns(geom, w, intercept)
-        g = gram[cols][:, cols]
-        reg = torch.zeros(len(cols), dtype=g.dtype, device=g.device)
-        reg[:gw] = ridge * g.diagonal()[:gw].mean().clamp_min(1e-12)
-        rhs = cross[cols] if prior is None else cross[cols] + _prior_rows(prior, cols[:gw], reg, len(cols))
-        thetas.append(torch.linalg.solve(g + torch.diag(reg), rhs))
-    return thetas
+    return [_solve_window(gram, cross, _window_columns(geom, w, intercept), geom.group_width, ridge, prior)
+            for w in range(geom.cyclic_distance)]
+
+
+def _solve_window(gram: Tensor, cross: Tensor, cols: list[int], gw: int, ridge: float,
+                  prior: Tensor | None) -> Tensor:
+    """``[D_w, n]``: the ridge solution on the window's columns ``cols`` for the outputs
+    ``cross`` has columns for (``prior``: their rows of the ``[Cout, Cin]`` prior)."""
+    g = gram[cols][:, cols]
+    reg = torch.zeros(len(cols), dtype=g.dtype, device=g.device)
+    reg[:gw] = ridge * g.diagonal()[:gw].mean().clamp_min(1e-12)
+    rhs = cross[cols] if prior is None else cross[cols] + _prior_rows(prior, cols[:gw], reg, len(cols))
+    return torch.linalg.solve(g + torch.diag(reg), rhs)
 
 
 def window_errors(gram: Tensor, cross: Tensor, target_sq: Tensor, geom: SCCGeometry, intercept: bool,
@@ -210,13 +214,7 @@ def _held_out_error(rest: list[Tensor], held: Moments, geom: SCCGeometry, interc
         if outs.numel() == 0:
             continue
         cols = _window_columns(geom, w, intercept)
-        g = rest[0][cols][:, cols]
-        reg = torch.zeros(len(cols), dtype=g.dtype, device=g.device)
-        reg[:gw] = ridge * g.diagonal()[:gw].mean().clamp_min(1e-12)
-        rhs = rest[1][cols][:, outs]
-        if prior is not None:
-            rhs = rhs + _prior_rows(prior[outs], cols[:gw], reg, len(cols))
-        theta = torch.linalg.solve(g + torch.diag(reg), rhs)  # [D_w, outputs of w]
+        theta = _solve_window(rest[0], rest[1][:, outs], cols, gw, ridge, None if prior is None else prior[outs])
         hg, hc, hs = held[0][cols][:, cols], held[1][cols][:, outs], held[2][outs]
         error += (hs - 2 * (theta * hc).sum(0) + (theta * (hg @ theta)).sum(0)).clamp_min(0).sum().item()
     return error
