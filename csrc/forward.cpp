@@ -7,6 +7,10 @@
 // copied out once (channels_last, strided views, bf16/fp16, an image's ragged tail). The
 // epilogue runs on each group of rows as soon as rows() has finished them, while they are in
 // cache; the residual is read in place where the output is, else packed like the input.
+//
+// channels_last fp32/fp64 layers go first to the narrow kernel (few input channels), then to
+// the window-by-window kernel (forward_last.cpp: the paper's output assignment, enough
+// outputs per window); the packed tiles here take the rest.
 #include "drivers.h"
 
 #include <ATen/Parallel.h>
@@ -167,16 +171,6 @@ struct Forward {
   }
 };
 
-// A channels_last tensor whose pixels all lie one step apart: pixel q's channel row starts at
-// q * step (0: not so).
-template <typename S>
-int64_t uniform_pixel_step(const View<S>& v) {
-  if (v.c > 1 && v.sc != 1) return 0;
-  const int64_t step = v.w > 1 ? v.sw : v.h > 1 ? v.sh / v.w : v.sn / (v.h * v.w);
-  const bool rows = v.h == 1 || v.sh == v.w * step, images = v.n == 1 || v.sn == v.h * v.w * step;
-  return step >= v.c && rows && images ? step : 0;
-}
-
 // The narrow kernel (kernels.h, NarrowArgs): channels_last, few input channels, fp32.
 template <typename T, typename S>
 bool run_narrow(const View<S>& x, const Operand<T>& weight, const T* bias, const Windows& win, const View<S>& y,
@@ -256,7 +250,11 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std:
       epi.residual = &rv;
     }
     const Operand<T> wo = w.operand();
-    if (!run_narrow<T, S>(xv, wo, b.data(), win, yv, epi)) Forward<T, S>(xv, wo, b.data(), win, yv, epi).run();
+    if (run_narrow<T, S>(xv, wo, b.data(), win, yv, epi)) return;
+    if constexpr (std::is_same_v<T, S>) {
+      if (run_window_gemm<T>(xv, wo, b.data(), win, yv, epi.activation, epi.residual)) return;
+    }
+    Forward<T, S>(xv, wo, b.data(), win, yv, epi).run();
   });
   return out;
 }

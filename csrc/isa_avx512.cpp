@@ -6,5 +6,7 @@
 #define SCC_ROWS_MAX 8
 #define SCC_ROWS_VECTORS 3
 #define SCC_NARROW 1
+#define SCC_GEMM_ACCUMULATORS 24
+#define SCC_GEMM_VECTORS 6
 #include "kernels_impl.h"
 #endif

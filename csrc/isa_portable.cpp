@@ -5,4 +5,6 @@
 #define SCC_VECTOR_BYTES 16
 #define SCC_ROWS_MAX 6
 #define SCC_ROWS_VECTORS 2
+#define SCC_GEMM_ACCUMULATORS 12
+#define SCC_GEMM_VECTORS 3
 #include "kernels_impl.h"

@@ -82,6 +82,42 @@ struct NarrowArgs {
   Activation activation;
 };
 
+// The channels_last forward, window by window (forward_last.cpp). One window's products are
+// a GEMM read straight from the channels_last input: per weight column k, R pixels' input
+// channel col[k] broadcast times the window's packed weight row (J output vectors):
+//   t[p][v][l] = (first ? bias[v][l] : t[p][v][l]) + sum_{k < depth} x[p][col[k]] * w[k][v][l]
+// for p < pixels, v < count, with x[p] = x + p * x_step, t[p] = t + p * t_step, and w's rows
+// w_step apart. t holds the window's outputs in window order; the driver interleaves them.
+template <typename T>
+struct WindowGemmArgs {
+  const T* x;
+  int64_t x_step;
+  const int64_t* col;
+  const T* w;
+  int64_t w_step;
+  const T* bias;
+  T* t;
+  int64_t t_step;
+  int64_t pixels, depth, count;
+  bool first;
+};
+
+// The outputs of cd windows (t[p] + w * ldt: window w's, in order) back into output order,
+// where window w's j-th output is channel j * cd + w (the paper's assignment), with the
+// epilogue: y[p][j * cd + w] = act(t[p][w * ldt + j] + r[p][j * cd + w]) for j * cd + w < cout.
+template <typename T>
+struct InterleaveArgs {
+  const T* t;
+  int64_t t_step, ldt, windows, cout;
+  T* y;
+  int64_t y_step;
+  const T* r;  // nullptr: no residual
+  int64_t r_step;
+  int64_t pixels;
+  Activation activation;
+  bool stream;  // store y past the caches (y aligned to the vector, and too large for them)
+};
+
 template <typename T>
 struct Kernels {
   const char* isa;
@@ -92,6 +128,10 @@ struct Kernels {
   int dots_rows, dots_cols;  // largest dots() tile
   void (*dots)(const DotsArgs<T>& args, int rows, int cols);
   void (*epilogue)(const EpilogueArgs<T>& args, int rows);
+  int gemm_vectors;    // most output vectors of one window_gemm() call
+  int interleave_max;  // largest cd interleave() takes (a power of two dividing lanes)
+  void (*window_gemm)(const WindowGemmArgs<T>& args);
+  void (*interleave)(const InterleaveArgs<T>& args);
   int narrow_cin;  // 0: no narrow kernel for this instruction set and type
   void (*narrow)(const NarrowArgs<T>& args);
   // One lanes x lanes block between pixel-major rows and a channel-major tile:

@@ -5,6 +5,8 @@
 //   SCC_VECTOR_BYTES   bytes per vector register
 //   SCC_ROWS_MAX       rows of the rows() register tile
 //   SCC_ROWS_VECTORS   pixel vectors of the rows() register tile
+//   SCC_GEMM_ACCUMULATORS  vector accumulators of the window_gemm() register tile
+//   SCC_GEMM_VECTORS   output vectors of the window_gemm() register tile
 //   SCC_NARROW         (optional) build narrow(): AVX-512 only, it needs a two-register permute
 // No include guard: included once per instruction set. Everything but the table accessors
 // has internal linkage, so no code compiled for one instruction set is shared with another.
@@ -14,9 +16,13 @@
 // dots(): a tile of R x C dot products over pixels, each a vector accumulator; R * C equals
 // the vector length, so one transposing reduction turns the tile into one vector of sums.
 // epilogue(): the forward's residual add and activation on finished rows, vector by vector.
+// window_gemm(): channels_last, one window's outputs for a block of pixels: R broadcast input
+// channels and J weight vectors make R * J multiply-adds. interleave(): those outputs of cd
+// windows back into output order (log2(cd) rounds of zips per cd vectors), with the epilogue.
 // narrow(): channels_last rows of a layer with at most 32 input channels, vectorised along
 // output channels (AVX-512 permutes; see NarrowArgs).
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -24,7 +30,7 @@
 
 #include "kernels.h"
 
-#if defined(SCC_NARROW)
+#if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
@@ -34,6 +40,7 @@
 #define SCC_UNROLL _Pragma("GCC unroll 16")
 #endif
 #define SCC_INLINE inline __attribute__((always_inline))
+#define SCC_NOINLINE __attribute__((noinline))
 
 namespace scc_native {
 namespace SCC_ISA {
@@ -404,67 +411,7 @@ void epilogue(const EpilogueArgs<T>& a, int rows) {
   }
 }
 
-// -- narrow (AVX-512) ----------------------------------------------------------------------
-
-#if defined(SCC_NARROW)
-static_assert(SCC_VECTOR_BYTES == 64, "narrow() is written for 16 float lanes");
-
-SCC_TARGET SCC_INLINE __mmask16 first_lanes(int64_t n) {
-  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
-}
-
-// R pixels: their input rows in registers, then every output vector of each.
-template <Activation A, int R>
-SCC_TARGET SCC_INLINE void narrow_pixels(const NarrowArgs<float>& a, int64_t p) {
-  using V = Vec<float>::type;
-  const __mmask16 lo_lanes = first_lanes(a.cin), hi_lanes = first_lanes(a.cin - 16);
-  __m512 lo[R], hi[R];
-  SCC_UNROLL
-  for (int r = 0; r < R; ++r) {
-    const float* x = a.x + (p + r) * a.x_step;
-    lo[r] = _mm512_maskz_loadu_ps(lo_lanes, x);
-    hi[r] = _mm512_maskz_loadu_ps(hi_lanes, x + 16);
-  }
-  for (int64_t j = 0; j < a.ldo; j += 16) {
-    const __m512 b = _mm512_loadu_ps(a.bias + j);
-    __m512 acc[R];
-    SCC_UNROLL
-    for (int r = 0; r < R; ++r) acc[r] = b;
-    for (int64_t k = 0; k < a.gw; ++k) {
-      const __m512i idx = _mm512_loadu_si512(a.index + k * a.ldo + j);
-      const __m512 w = _mm512_loadu_ps(a.weight + k * a.ldo + j);
-      SCC_UNROLL
-      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo[r], idx, hi[r]), w, acc[r]);
-    }
-    const __mmask16 out = first_lanes(a.cout - j);
-    SCC_UNROLL
-    for (int r = 0; r < R; ++r) {
-      V v = (V)acc[r];
-      if (a.r) v += (V)_mm512_maskz_loadu_ps(out, a.r + (p + r) * a.r_step + j);
-      _mm512_mask_storeu_ps(a.y + (p + r) * a.y_step + j, out, (__m512)activate<float, A>(v));
-    }
-  }
-}
-
-template <Activation A>
-SCC_TARGET void narrow_act(const NarrowArgs<float>& a) {
-  constexpr int R = 8;
-  int64_t p = 0;
-  for (; p + R <= a.pixels; p += R) narrow_pixels<A, R>(a, p);
-  for (; p < a.pixels; ++p) narrow_pixels<A, 1>(a, p);
-}
-
-void narrow(const NarrowArgs<float>& a) {
-  switch (a.activation) {
-    case kRelu: return narrow_act<kRelu>(a);
-    case kRelu6: return narrow_act<kRelu6>(a);
-    case kHardswish: return narrow_act<kHardswish>(a);
-    case kSilu: return narrow_act<kSilu>(a);
-    case kGelu: return narrow_act<kGelu>(a);
-    default: return narrow_act<kNone>(a);
-  }
-}
-#endif
+#include "kernels_last_impl.h"
 
 template <typename T>
 Kernels<T> make_kernels(const char* isa) {
@@ -484,6 +431,10 @@ Kernels<T> make_kernels(const char* isa) {
     k.narrow = &narrow;
   }
 #endif
+  k.gemm_vectors = SCC_GEMM_VECTORS;
+  k.interleave_max = std::min(16, Vec<T>::lanes);
+  k.window_gemm = &window_gemm<T>;
+  k.interleave = &interleave<T>;
   k.to_tile = &to_tile<T>;
   k.from_tile = &from_tile<T>;
   return k;

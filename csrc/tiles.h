@@ -35,6 +35,16 @@ struct View {
   }
 };
 
+// A channels_last tensor whose pixels all lie one step apart: pixel q's channel row starts at
+// q * step (0: not so).
+template <typename S>
+int64_t uniform_pixel_step(const View<S>& v) {
+  if (v.c > 1 && v.sc != 1) return 0;
+  const int64_t step = v.w > 1 ? v.sw : v.h > 1 ? v.sh / v.w : v.sn / (v.h * v.w);
+  const bool rows = v.h == 1 || v.sh == v.w * step, images = v.n == 1 || v.sn == v.h * v.w * step;
+  return step >= v.c && rows && images ? step : 0;
+}
+
 // The pixel blocks of one call. Per image when the tensors can be read in place (NCHW with
 // unit-stride pixels): a block never crosses images, holds whole vectors of pixels and, if it
 // is an image's last, its ragged tail (main() + tail pixels). Otherwise blocks of the

@@ -79,6 +79,59 @@ def test_float32_matches_reference_on_model_shapes(layout):
         _check(x, torch.randn(cout, cin // 4), torch.randn(cout), 4, 0.5, tol=2e-5)
 
 
+# channels_last layers on the window-by-window kernel (csrc/forward_last.cpp: the paper's
+# output assignment, cd a power of two dividing the lanes, two or more vectors per window):
+# (N, Cin, Cout, cg, co, H, W)
+WINDOW_GEMM = [
+    (2, 64, 384, 4, 0.5, 5, 7),  # 48 outputs per window
+    (1, 1024, 256, 4, 0.5, 3, 5),  # deep windows: partial sums across depth blocks
+    (2, 96, 200, 2, 0.25, 4, 6),  # window starts wrap; 25 outputs per window, a cut last block
+    (1, 128, 512, 8, 0.5, 4, 4),  # cd = 16: fp32 only (fp64 vectors have 8 lanes)
+    (3, 32, 96, 2, 0.5, 3, 3),  # cd = 4
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("n,cin,cout,cg,co,h,w", WINDOW_GEMM)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_channels_last_window_gemm_matches_reference(n, cin, cout, cg, co, h, w, dtype):
+    gen = torch.Generator().manual_seed(cin + cout)
+    x = torch.randn(n, cin, h, w, generator=gen, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(cout, cin // cg, generator=gen, dtype=dtype)
+    bias = torch.randn(cout, generator=gen, dtype=dtype)
+    y, _ = _check(x, weight, bias, cg, co, tol=1e-10 if dtype == torch.float64 else 2e-5)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_kernel
+@pytest.mark.parametrize("activation", ["relu", "relu6", "hardswish", "silu", "gelu"])
+def test_channels_last_window_gemm_epilogue_matches_reference(activation):
+    """Bias, residual and activation applied as the outputs are put back in order."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 96, 5, 6, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(300, 24, generator=gen, dtype=torch.float64)
+    bias = torch.randn(300, generator=gen, dtype=torch.float64)
+    residual = torch.randn(2, 300, 5, 6, generator=gen, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last)
+    y = native.scc_forward(x, weight, bias, 4, 0.5, None, activation, residual)
+    act = {"relu": torch.relu, "relu6": torch.nn.functional.relu6, "hardswish": torch.nn.functional.hardswish,
+           "silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu}[activation]
+    expected = act(scc_reference(x, weight, bias, cg=4, co=0.5) + residual)
+    torch.testing.assert_close(y, expected, atol=1e-10, rtol=0)
+
+
+@needs_kernel
+def test_channels_last_output_too_large_for_the_caches_is_streamed_correctly():
+    """A 16.8 MB fp32 output is stored past the caches (non-temporal stores)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 64, 64, 64, generator=gen).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(1024, 16, generator=gen)
+    with native.use_backend("native"):
+        y = scc_conv2d(x, weight, None, cg=4, co=0.5)
+    expected = scc_reference(x.double(), weight.double(), cg=4, co=0.5)
+    torch.testing.assert_close(y.double(), expected, atol=2e-5 * expected.abs().max().item(), rtol=0)
+
+
 @needs_kernel
 def test_noncontiguous_grad_output_and_custom_window_of():
     x = torch.randn(2, 16, 6, 10, dtype=torch.float64)
@@ -106,22 +159,25 @@ def test_weight_gradient_is_the_same_bits_for_any_thread_count(n, cin, cout, hw)
 
 
 _ISA_SCRIPT = textwrap.dedent("""
-    import sys, torch
+    import itertools, sys, torch
     sys.path.insert(0, {tests!r})
     from reference import scc_reference
     from scc_convert.ops import native
     assert native.cpu_backend() == "native"
     print(torch.ops.scc_native.info())
-    for layout in ("nchw", "channels_last"):
-        for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
+    # (cout, cg): 40 outputs at cd = 8, and 200 at cd = 4 (channels_last: window by window
+    # where the vectors allow)
+    for layout, (cout, cg), dtype in itertools.product(("nchw", "channels_last"), ((40, 4), (200, 2)),
+                                                       (torch.float64, torch.float32)):
+            tol = 1e-10 if dtype == torch.float64 else 2e-5
             x = torch.randn(3, 48, 6, 10, dtype=dtype)
             if layout == "channels_last":
                 x = x.contiguous(memory_format=torch.channels_last)
-            w, gy = torch.randn(40, 12, dtype=dtype), torch.randn(3, 40, 6, 10, dtype=dtype)
-            y = native.scc_forward(x, w, None, 4, 0.5, None)
-            gx, gw = native.scc_backward(gy, x, w, 4, 0.5, None, True, True)
+            w, gy = torch.randn(cout, 48 // cg, dtype=dtype), torch.randn(3, cout, 6, 10, dtype=dtype)
+            y = native.scc_forward(x, w, None, cg, 0.5, None)
+            gx, gw = native.scc_backward(gy, x, w, cg, 0.5, None, True, True)
             xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
-            yr = scc_reference(xr, wr, None, cg=4, co=0.5)
+            yr = scc_reference(xr, wr, None, cg=cg, co=0.5)
             yr.backward(gy.double())
             for a, b in ((y, yr), (gx, xr.grad), (gw, wr.grad)):
                 assert (a.double() - b).abs().max() <= tol * b.abs().max(), (layout, dtype)

@@ -1,0 +1,132 @@
+// The channels_last SCC forward of a layer whose cd windows interleave their outputs (output
+// o = j * cd + w is window w's j-th, as the paper assigns them; cd a power of two dividing the
+// vector length), window by window.
+//
+// One window's products are a GEMM read straight from the channels_last input: broadcasts of
+// its input channels times its packed weights (window_gemm, kernels.h), for a block of pixels,
+// into a per-thread buffer in window order. interleave() then writes every pixel's outputs in
+// output order, with the bias already in and the epilogue applied, cd vectors at a time. No copy
+// of the input, no transpose of the output; the buffer stays in L2.
+//
+// Blocking: per pixel block (its input rows in L2) and output group (a few vectors of every
+// window: cd * group * L consecutive channels, their buffer in L2), per window and depth block,
+// the group's weights (depth x group vectors) stay in L1 while the block's pixels stream past;
+// earlier depth blocks' partial sums wait in the buffer.
+#include "drivers.h"
+
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+namespace scc_native {
+namespace {
+
+constexpr int64_t kWeightBytes = 24 * 1024;   // one depth block of a group's vectors (L1)
+constexpr int64_t kBlockBytes = 192 * 1024;   // a pixel block's input rows, and its buffer (L2)
+constexpr int64_t kMaxBlock = 512;
+constexpr int64_t kParallelMacs = 1 << 19;    // work below which a thread is not worth waking
+constexpr int64_t kStreamBytes = 16 << 20;     // outputs this large are stored past the caches
+
+// Window w computes outputs w, w + cd, w + 2 cd, ... in that order: checked on the table.
+bool interleaves(const Windows& win, int64_t cout) {
+  const int64_t cd = win.count;
+  for (int64_t w = 0; w < cd; ++w) {
+    if (win.size(w) != (cout - w + cd - 1) / cd) return false;
+    for (int64_t j = 0; j < win.size(w); ++j)
+      if (win.outputs[win.offsets[w] + j] != j * cd + w) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+template <typename T>
+bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, const Windows& win,
+                     const View<T>& y, Activation activation, const View<T>* residual) {
+  const Kernels<T>& k = kernels<T>();
+  const int64_t L = k.lanes, cd = win.count, cin = x.c, cout = y.c, gw = win.width;
+  if (!k.window_gemm || cd > k.interleave_max || L % cd != 0 || (cd & (cd - 1)) != 0) return false;
+  const int64_t xs = uniform_pixel_step(x), ys = uniform_pixel_step(y);
+  const int64_t rs = residual ? uniform_pixel_step(*residual) : 0;
+  if (!xs || !ys || (residual && !rs) || !interleaves(win, cout)) return false;
+  // A window's outputs in whole vectors: worth it while few lanes are padding.
+  const int64_t per_window = Blocks::ceil_div(cout, cd), vectors = Blocks::ceil_div(per_window, L);
+  const int64_t ldt = vectors * L;
+  if (vectors < 2 || 4 * cout < 3 * cd * ldt) return false;
+
+  // Output groups: `group` vectors of every window, i.e. cd * group * L consecutive output
+  // channels; a pixel block's buffer holds one group.
+  const int64_t J = k.gemm_vectors, groups = Blocks::ceil_div(vectors, J), group = Blocks::ceil_div(vectors, groups);
+  const int64_t ldw = group * L;
+  // Weights per window and group [gw][ldw], contiguous (row k: weight column k of outputs
+  // j * cd + w for the group's j), so a depth block of them is one run in L1; bias per window
+  // [ldt]. Padding lanes get zeros.
+  std::vector<T> wt(size_t(cd * groups * gw * ldw), T(0)), b(size_t(cd * ldt), T(0));
+  for (int64_t w = 0; w < cd; ++w)
+    for (int64_t j = 0; j * cd + w < cout; ++j) {
+      const int64_t o = j * cd + w;
+      T* row = wt.data() + ((w * groups + j / ldw) * gw) * ldw + j % ldw;
+      for (int64_t c = 0; c < gw; ++c) row[c * ldw] = weight.data[o * weight.s0 + c * weight.s1];
+      if (bias) b[size_t(w * ldt + j)] = bias[o];
+    }
+  const int64_t span = cd * group * L;  // buffer elements per pixel
+  const int64_t depth = std::min(gw, std::max<int64_t>(8, kWeightBytes / (ldw * int64_t(sizeof(T)))));
+  const int64_t row_bytes = std::max(cin, span) * int64_t(sizeof(T));
+  const int64_t pixels = x.n * x.h * x.w, threads = at::get_num_threads();
+  int64_t block = std::clamp<int64_t>(kBlockBytes / row_bytes, 8, kMaxBlock);
+  while (block > 8 && Blocks::ceil_div(pixels, block) < 2 * threads) block = Blocks::ceil_div(block, 2);
+  const int64_t count = Blocks::ceil_div(pixels, block);
+  const int64_t grain = std::max<int64_t>(1, kParallelMacs / (block * cout * gw));
+  const bool stream = cout * pixels * int64_t(sizeof(T)) >= kStreamBytes && ys * int64_t(sizeof(T)) % 64 == 0 &&
+                      reinterpret_cast<uintptr_t>(y.data) % 64 == 0;
+
+  at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
+    T* t = static_cast<T*>(thread_scratch(size_t(block * span) * sizeof(T)));
+    WindowGemmArgs<T> g{};
+    g.x_step = xs;
+    g.w_step = ldw;
+    g.t_step = span;
+    InterleaveArgs<T> e{};
+    e.t = t;
+    e.t_step = span;
+    e.ldt = group * L;
+    e.windows = cd;
+    e.y_step = ys;
+    e.r_step = rs;
+    e.activation = activation;
+    e.stream = stream;
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t p0 = c * block, len = std::min(block, pixels - p0);
+      g.x = x.data + p0 * xs;
+      g.pixels = len;
+      e.pixels = len;
+      for (int64_t v0 = 0; v0 < vectors; v0 += group) {
+        g.count = std::min(group, vectors - v0);
+        for (int64_t w = 0; w < cd; ++w) {
+          g.t = t + w * group * L;
+          g.bias = b.data() + w * ldt + v0 * L;
+          for (int64_t k0 = 0; k0 < gw; k0 += depth) {
+            g.col = win.columns + w * gw + k0;
+            g.w = wt.data() + ((w * groups + v0 / group) * gw + k0) * ldw;
+            g.depth = std::min(depth, gw - k0);
+            g.first = k0 == 0;
+            k.window_gemm(g);
+          }
+        }
+        const int64_t base = v0 * L * cd;  // the group's first output channel
+        e.cout = std::min(span, cout - base);
+        e.y = y.data + p0 * ys + base;
+        e.r = residual ? residual->data + p0 * rs + base : nullptr;
+        k.interleave(e);
+      }
+    }
+  });
+  return true;
+}
+
+template bool run_window_gemm<float>(const View<float>&, const Operand<float>&, const float*, const Windows&,
+                                     const View<float>&, Activation, const View<float>*);
+template bool run_window_gemm<double>(const View<double>&, const Operand<double>&, const double*, const Windows&,
+                                      const View<double>&, Activation, const View<double>*);
+
+}  // namespace scc_native

@@ -1,0 +1,251 @@
+// The channels_last micro-kernels (window_gemm, interleave, narrow), part of kernels_impl.h:
+// included there, inside its per-instruction-set namespace, after the helpers they use (Vec,
+// load, store, splat, activate). No include guard: included once per instruction set.
+
+// -- channels_last: window GEMM and interleave -------------------------------------------------
+
+// The first n lanes at p (the rest zero), and their store: an output vector's real lanes.
+template <typename T>
+SCC_TARGET SCC_INLINE typename Vec<T>::type load_first(const T* p, int64_t n) {
+  using V = typename Vec<T>::type;
+  if (n >= Vec<T>::lanes) return load<V>(p);
+  V v{};
+  if (n > 0) __builtin_memcpy(&v, p, size_t(n) * sizeof(T));
+  return v;
+}
+
+template <typename T>
+SCC_TARGET SCC_INLINE void store_first(T* p, typename Vec<T>::type v, int64_t n) {
+  if (n >= Vec<T>::lanes) return store(p, v);
+  if (n > 0) __builtin_memcpy(p, &v, size_t(n) * sizeof(T));
+}
+
+// A store that bypasses the caches (x86: MOVNTPS/PD; p aligned to the vector), for outputs
+// too large to stay in cache; stream_fence() orders them.
+template <typename T>
+SCC_TARGET SCC_INLINE void stream_store(T* p, typename Vec<T>::type v) {
+#if defined(__x86_64__)
+  if constexpr (SCC_VECTOR_BYTES == 64 && std::is_same_v<T, float>) return _mm512_stream_ps(p, (__m512)v);
+  if constexpr (SCC_VECTOR_BYTES == 64 && std::is_same_v<T, double>) return _mm512_stream_pd(p, (__m512d)v);
+  if constexpr (SCC_VECTOR_BYTES == 32 && std::is_same_v<T, float>) return _mm256_stream_ps(p, (__m256)v);
+  if constexpr (SCC_VECTOR_BYTES == 32 && std::is_same_v<T, double>) return _mm256_stream_pd(p, (__m256d)v);
+  if constexpr (SCC_VECTOR_BYTES == 16 && std::is_same_v<T, float>) return _mm_stream_ps(p, (__m128)v);
+  if constexpr (SCC_VECTOR_BYTES == 16 && std::is_same_v<T, double>) return _mm_stream_pd(p, (__m128d)v);
+#endif
+  store(p, v);
+}
+
+SCC_TARGET void stream_fence() {
+#if defined(__x86_64__)
+  _mm_sfence();
+#endif
+}
+
+// R pixels from p x J vectors from v0.
+template <typename T, int R, int J>
+SCC_TARGET SCC_INLINE void window_gemm_tile(const WindowGemmArgs<T>& a, int64_t p, int64_t v0) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::lanes;
+  V acc[R][J];
+  SCC_UNROLL
+  for (int r = 0; r < R; ++r) {
+    SCC_UNROLL
+    for (int j = 0; j < J; ++j)
+      acc[r][j] = a.first ? load<V>(a.bias + (v0 + j) * L) : load<V>(a.t + (p + r) * a.t_step + (v0 + j) * L);
+  }
+  const T* x[R];
+  SCC_UNROLL
+  for (int r = 0; r < R; ++r) x[r] = a.x + (p + r) * a.x_step;
+  const T* w = a.w + v0 * L;
+  for (int64_t k = 0; k < a.depth; ++k) {
+    const int64_t c = a.col[k];
+    V b[J];
+    SCC_UNROLL
+    for (int j = 0; j < J; ++j) b[j] = load<V>(w + k * a.w_step + j * L);
+    SCC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const V s = splat<V>(x[r][c]);
+      SCC_UNROLL
+      for (int j = 0; j < J; ++j) acc[r][j] += s * b[j];
+    }
+  }
+  SCC_UNROLL
+  for (int r = 0; r < R; ++r) {
+    SCC_UNROLL
+    for (int j = 0; j < J; ++j) store(a.t + (p + r) * a.t_step + (v0 + j) * L, acc[r][j]);
+  }
+}
+
+// The register tile for J vectors: as many pixels as the accumulators allow (at most 8).
+constexpr int gemm_pixels(int vectors) { return std::max(1, std::min(8, SCC_GEMM_ACCUMULATORS / vectors)); }
+
+template <typename T, int J>
+SCC_TARGET SCC_NOINLINE void window_gemm_vectors(const WindowGemmArgs<T>& a, int64_t v0) {
+  constexpr int R = gemm_pixels(J);
+  int64_t p = 0;
+  for (; p + R <= a.pixels; p += R) window_gemm_tile<T, R, J>(a, p, v0);
+  for (; p < a.pixels; ++p) window_gemm_tile<T, 1, J>(a, p, v0);
+}
+
+template <typename T, int... J>
+SCC_TARGET SCC_INLINE void window_gemm_pick(const WindowGemmArgs<T>& a, int64_t v0, int64_t n,
+                                            std::integer_sequence<int, J...>) {
+  ((n == J + 1 ? window_gemm_vectors<T, J + 1>(a, v0) : void()), ...);
+}
+
+// Vector block by vector block (the blocks balanced, at most SCC_GEMM_VECTORS each); per block
+// every register tile of pixels, so the block's weights stay in L1 while the pixels stream past.
+template <typename T>
+SCC_TARGET void window_gemm(const WindowGemmArgs<T>& a) {
+  constexpr int J = SCC_GEMM_VECTORS;
+  const int64_t tiles = (a.count + J - 1) / J, per = (a.count + tiles - 1) / tiles;
+  for (int64_t v0 = 0; v0 < a.count; v0 += per)
+    window_gemm_pick<T>(a, v0, std::min(per, a.count - v0), std::make_integer_sequence<int, J>{});
+}
+
+// Lane 2i of zip<Hi>(a, b) is lane i (Hi: L/2 + i) of a, lane 2i + 1 that of b.
+constexpr int zip_index(int lanes, bool hi, int l) { return (l % 2 ? lanes : 0) + l / 2 + (hi ? lanes / 2 : 0); }
+
+template <bool Hi, typename V, int... I>
+SCC_TARGET SCC_INLINE V zip(V a, V b, std::integer_sequence<int, I...>) {
+  return __builtin_shufflevector(a, b, zip_index(sizeof...(I), Hi, I)...);
+}
+
+// v[w] lane l (w < CD) moves to lane (l * CD + w) % L of v[(l * CD + w) / L]: log2(CD)
+// rounds of zipping v[i] with v[i + CD / 2].
+template <typename T, int CD>
+SCC_TARGET SCC_INLINE void zip_rounds(typename Vec<T>::type* v) {
+  using V = typename Vec<T>::type;
+  using Seq = std::make_integer_sequence<int, Vec<T>::lanes>;
+  SCC_UNROLL
+  for (int round = 1; round < CD; round *= 2) {
+    V u[CD];
+    SCC_UNROLL
+    for (int i = 0; i < CD / 2; ++i) {
+      u[2 * i] = zip<false>(v[i], v[i + CD / 2], Seq{});
+      u[2 * i + 1] = zip<true>(v[i], v[i + CD / 2], Seq{});
+    }
+    SCC_UNROLL
+    for (int i = 0; i < CD; ++i) v[i] = u[i];
+  }
+}
+
+template <typename T, int CD, Activation A>
+SCC_TARGET void interleave_cd(const InterleaveArgs<T>& a) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::lanes;
+  for (int64_t p = 0; p < a.pixels; ++p) {
+    const T* t = a.t + p * a.t_step;
+    T* y = a.y + p * a.y_step;
+    const T* r = a.r ? a.r + p * a.r_step : nullptr;
+    for (int64_t j = 0; j * CD < a.cout; j += L) {  // outputs [j * CD, (j + L) * CD)
+      V v[CD];
+      SCC_UNROLL
+      for (int w = 0; w < CD; ++w) v[w] = load<V>(t + w * a.ldt + j);
+      zip_rounds<T, CD>(v);
+      SCC_UNROLL
+      for (int q = 0; q < CD; ++q) {
+        const int64_t at = j * CD + q * L, n = a.cout - at;
+        V o = v[q];
+        if (r) o += load_first(r + at, n);
+        o = activate<T, A>(o);
+        if (a.stream && n >= L) {
+          stream_store(y + at, o);
+        } else {
+          store_first(y + at, o, n);
+        }
+      }
+    }
+  }
+}
+
+template <typename T, Activation A>
+SCC_TARGET void interleave_act(const InterleaveArgs<T>& a) {
+  switch (a.windows) {
+    case 1: return interleave_cd<T, 1, A>(a);
+    case 2: return interleave_cd<T, 2, A>(a);
+    case 4: return interleave_cd<T, 4, A>(a);
+    case 8: return interleave_cd<T, 8, A>(a);
+    default:
+      if constexpr (Vec<T>::lanes >= 16) return interleave_cd<T, 16, A>(a);
+  }
+}
+
+template <typename T>
+void interleave(const InterleaveArgs<T>& a) {
+  struct Fence {  // streamed stores are weakly ordered: order them before anything after
+    bool on;
+    ~Fence() { if (on) stream_fence(); }
+  } fence{a.stream};
+  switch (a.activation) {
+    case kRelu: return interleave_act<T, kRelu>(a);
+    case kRelu6: return interleave_act<T, kRelu6>(a);
+    case kHardswish: return interleave_act<T, kHardswish>(a);
+    case kSilu: return interleave_act<T, kSilu>(a);
+    case kGelu: return interleave_act<T, kGelu>(a);
+    default: return interleave_act<T, kNone>(a);
+  }
+}
+
+// -- narrow (AVX-512) ----------------------------------------------------------------------
+
+#if defined(SCC_NARROW)
+static_assert(SCC_VECTOR_BYTES == 64, "narrow() is written for 16 float lanes");
+
+SCC_TARGET SCC_INLINE __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
+
+// R pixels: their input rows in registers, then every output vector of each.
+template <Activation A, int R>
+SCC_TARGET SCC_INLINE void narrow_pixels(const NarrowArgs<float>& a, int64_t p) {
+  using V = Vec<float>::type;
+  const __mmask16 lo_lanes = first_lanes(a.cin), hi_lanes = first_lanes(a.cin - 16);
+  __m512 lo[R], hi[R];
+  SCC_UNROLL
+  for (int r = 0; r < R; ++r) {
+    const float* x = a.x + (p + r) * a.x_step;
+    lo[r] = _mm512_maskz_loadu_ps(lo_lanes, x);
+    hi[r] = _mm512_maskz_loadu_ps(hi_lanes, x + 16);
+  }
+  for (int64_t j = 0; j < a.ldo; j += 16) {
+    const __m512 b = _mm512_loadu_ps(a.bias + j);
+    __m512 acc[R];
+    SCC_UNROLL
+    for (int r = 0; r < R; ++r) acc[r] = b;
+    for (int64_t k = 0; k < a.gw; ++k) {
+      const __m512i idx = _mm512_loadu_si512(a.index + k * a.ldo + j);
+      const __m512 w = _mm512_loadu_ps(a.weight + k * a.ldo + j);
+      SCC_UNROLL
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo[r], idx, hi[r]), w, acc[r]);
+    }
+    const __mmask16 out = first_lanes(a.cout - j);
+    SCC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      V v = (V)acc[r];
+      if (a.r) v += (V)_mm512_maskz_loadu_ps(out, a.r + (p + r) * a.r_step + j);
+      _mm512_mask_storeu_ps(a.y + (p + r) * a.y_step + j, out, (__m512)activate<float, A>(v));
+    }
+  }
+}
+
+template <Activation A>
+SCC_TARGET void narrow_act(const NarrowArgs<float>& a) {
+  constexpr int R = 8;
+  int64_t p = 0;
+  for (; p + R <= a.pixels; p += R) narrow_pixels<A, R>(a, p);
+  for (; p < a.pixels; ++p) narrow_pixels<A, 1>(a, p);
+}
+
+void narrow(const NarrowArgs<float>& a) {
+  switch (a.activation) {
+    case kRelu: return narrow_act<kRelu>(a);
+    case kRelu6: return narrow_act<kRelu6>(a);
+    case kHardswish: return narrow_act<kHardswish>(a);
+    case kSilu: return narrow_act<kSilu>(a);
+    case kGelu: return narrow_act<kGelu>(a);
+    default: return narrow_act<kNone>(a);
+  }
+}
+#endif
+
