@@ -8,9 +8,9 @@
 // epilogue runs on each group of rows as soon as rows() has finished them, while they are in
 // cache; the residual is read in place where the output is, else packed like the input.
 //
-// channels_last fp32/fp64 layers go first to the narrow kernel (few input channels), then to
+// fp32/fp64 layers go first to the narrow kernel (channels_last, few input channels), then to
 // the window-by-window kernel (forward_last.cpp: the paper's output assignment, enough
-// outputs per window); the packed tiles here take the rest.
+// outputs per window; channels_last, or NCHW with deep windows); this driver takes the rest.
 #include "drivers.h"
 
 #include <ATen/Parallel.h>

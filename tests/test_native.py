@@ -104,6 +104,20 @@ def test_channels_last_window_gemm_matches_reference(n, cin, cout, cg, co, h, w,
 
 
 @needs_kernel
+@pytest.mark.parametrize("n,cin,cout,h,w", [(2, 512, 256, 12, 11), (1, 1024, 300, 13, 10)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_nchw_deep_windows_on_the_window_gemm_match_reference(n, cin, cout, h, w, dtype):
+    """NCHW layers with windows of 128+ channels and images of 128-256 pixels take the window
+    kernel through pixel-major copies (ragged 16-pixel edges, partial sums over depth blocks)."""
+    gen = torch.Generator().manual_seed(cin + h)
+    x = torch.randn(n, cin, h, w, generator=gen, dtype=dtype)
+    weight = torch.randn(cout, cin // 4, generator=gen, dtype=dtype)
+    bias = torch.randn(cout, generator=gen, dtype=dtype)
+    y, _ = _check(x, weight, bias, 4, 0.5, tol=1e-10 if dtype == torch.float64 else 2e-5)
+    assert y.is_contiguous()
+
+
+@needs_kernel
 @pytest.mark.parametrize("activation", ["relu", "relu6", "hardswish", "silu", "gelu"])
 def test_channels_last_window_gemm_epilogue_matches_reference(activation):
     """Bias, residual and activation applied as the outputs are put back in order."""
