@@ -28,9 +28,9 @@ constexpr int64_t kBlockBytes = 192 * 1024;   // a pixel block's input rows, and
 constexpr int64_t kMaxBlock = 512;
 constexpr int64_t kParallelMacs = 1 << 19;    // work below which a thread is not worth waking
 constexpr int64_t kStreamBytes = 16 << 20;     // outputs this large are stored past the caches
-// NCHW layers with windows this wide run here too, if their images have this many pixels (a
-// paired run on ResNet-50's shapes: 1024->512 at 14x14 1.11-1.17x faster than the tiles' kernel,
-// 1024->256 at 14x14 even, 512->256 at 28x28 0.73x, 7x7 images too small to cut into blocks)
+// NCHW layers with windows this wide run here too, if their images have this many pixels
+// (paired runs against the tiles' kernel: 1024->512 at 14x14 1.18-1.22x, 1024->256 at 14x14
+// 1.03-1.12x; 512->256 at 28x28 0.73x; 7x7 layers 0.78-0.96x even with blocks across images)
 constexpr int64_t kNchwDepth = 128;
 constexpr int64_t kNchwPixels[2] = {128, 256};
 
@@ -101,14 +101,11 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
   const int64_t span = cd * group * L;  // buffer elements per pixel
   const int64_t depth = std::min(gw, std::max<int64_t>(8, kWeightBytes / (ldw * int64_t(sizeof(T)))));
   const int64_t row_bytes = std::max(cin, span) * int64_t(sizeof(T));
-  // Pixel blocks: of the flattened N*H*W pixels (channels_last), or within one image (NCHW).
+  // Pixel blocks of the flattened N*H*W pixels (NCHW: a block may span images).
   const int64_t hw = x.h * x.w, pixels = x.n * hw, threads = at::get_num_threads();
-  const int64_t limit = nchw ? hw : pixels;
   int64_t block = std::clamp<int64_t>(kBlockBytes / row_bytes, 8, kMaxBlock);
-  block = std::min(block, limit);
-  const auto blocks_of = [&](int64_t b) { return nchw ? x.n * Blocks::ceil_div(hw, b) : Blocks::ceil_div(pixels, b); };
-  while (block > 8 && blocks_of(block) < 2 * threads) block = Blocks::ceil_div(block, 2);
-  const int64_t per_image = Blocks::ceil_div(hw, block), count = blocks_of(block);
+  while (block > 8 && Blocks::ceil_div(pixels, block) < 2 * threads) block = Blocks::ceil_div(block, 2);
+  const int64_t count = Blocks::ceil_div(pixels, block);
   const int64_t grain = std::max<int64_t>(1, kParallelMacs / (block * cout * gw));
   const bool stream = !nchw && cout * pixels * int64_t(sizeof(T)) >= kStreamBytes &&
                       ys * int64_t(sizeof(T)) % 64 == 0 && reinterpret_cast<uintptr_t>(y.data) % 64 == 0;
@@ -134,10 +131,21 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
     e.r_step = rs;
     e.activation = activation;
     e.stream = stream;
+    // NCHW: a block's pixels image by image, each run [at, at + n) of the block being pixels
+    // q .. q + n of image img.
+    const auto by_image = [&](int64_t p0, int64_t len, auto&& run) {
+      for (int64_t at = 0; at < len;) {
+        const int64_t img = (p0 + at) / hw, q = (p0 + at) % hw, n = std::min(len - at, hw - q);
+        run(img, q, at, n);
+        at += n;
+      }
+    };
     for (int64_t c = begin; c < end; ++c) {
-      const int64_t img = nchw ? c / per_image : 0, q0 = nchw ? c % per_image * block : 0;
-      const int64_t p0 = nchw ? q0 : c * block, len = std::min(block, (nchw ? hw : pixels) - p0);
-      if (nchw) transpose_rows(k, x.data + img * x.sn + q0, x.sc, cin, len, xp, ldx);
+      const int64_t p0 = c * block, len = std::min(block, pixels - p0);
+      if (nchw)
+        by_image(p0, len, [&](int64_t img, int64_t q, int64_t at, int64_t n) {
+          transpose_rows(k, x.data + img * x.sn + q, x.sc, cin, n, xp + at * ldx, ldx);
+        });
       g.x = nchw ? xp : x.data + p0 * xs;
       g.pixels = len;
       e.pixels = len;
@@ -160,7 +168,10 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
         e.r = residual ? residual->data + p0 * rs + base : nullptr;
         k.interleave(e);
       }
-      if (nchw) transpose_rows(k, u, ldu, len, cout, y.data + img * y.sn + q0, y.sc);
+      if (nchw)
+        by_image(p0, len, [&](int64_t img, int64_t q, int64_t at, int64_t n) {
+          transpose_rows(k, u + at * ldu, ldu, n, cout, y.data + img * y.sn + q, y.sc);
+        });
     }
   });
   return true;
