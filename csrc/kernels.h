@@ -83,13 +83,12 @@ struct NarrowArgs {
 };
 
 // The forward window by window (forward_last.cpp). One window's products are a GEMM read
-// straight from the input: per weight column k, R pixels' input channel col[k] broadcast times
-// the window's packed weight row (J output vectors):
+// straight from pixel-major input rows (the channels_last input itself, or an NCHW block's
+// copy): per weight column k, R pixels' input channel col[k] broadcast times the window's
+// packed weight row (J output vectors):
 //   t[p][v][l] = (first ? bias[v][l] : t[p][v][l]) + sum_{k < depth} x[p][col[k]] * w[k][v][l]
-// for p < pixels, v < count, with x[p] = x + p * x_step (col: element offsets of the channels
-// from a pixel's first: channels for channels_last, channel rows for NCHW), t[p] = t + p *
-// t_step, and w's rows w_step apart. t holds the window's outputs in window order; the driver
-// interleaves them.
+// for p < pixels, v < count, with x[p] = x + p * x_step, t[p] = t + p * t_step, and w's rows
+// w_step apart. t holds the window's outputs in window order; the driver interleaves them.
 template <typename T>
 struct WindowGemmArgs {
   const T* x;
