@@ -1,15 +1,27 @@
-"""Tiny models and data shared by tests/test_finetune.py and tests/ddp_worker.py."""
+"""Tiny models and data shared by tests/test_finetune.py, tests/test_lr_range.py and
+tests/ddp_worker.py, and the one-thread fixture of the two test modules."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
+import pytest
 import torch
 from torch import nn
 
 from scc_convert import SCCConv2d
 
 NUM_CLASSES = 4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest, and steadiest on a shared machine, on one thread (autouse in
+    every test module that imports it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_net(pointwise: nn.Module, *, dropout: float = 0.0, num_classes: int = NUM_CLASSES) -> nn.Sequential:

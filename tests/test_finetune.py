@@ -18,21 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from finetune_helpers import calibrate_bn, conv_net, scc_net, synthetic
+from finetune_helpers import calibrate_bn, conv_net, one_thread, scc_net, synthetic  # noqa: F401 (one_thread: autouse fixture)
 from scc_convert.data import DIGITS_NUM_CLASSES, digits_loaders
 from scc_convert.finetune import CHECKPOINT_FORMAT, EpochStats, finetune
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest, and steadiest on a shared machine, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def loader(n: int = 128, seed: int = 0, batch_size: int = 32) -> DataLoader:

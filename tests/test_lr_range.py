@@ -7,17 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from finetune_helpers import scc_net, synthetic
+from finetune_helpers import one_thread, scc_net, synthetic  # noqa: F401 (one_thread: autouse fixture)
 from scc_convert.finetune import finetune
 from scc_convert.finetune.lr_range import range_test
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_suggests_a_fifth_of_the_rate_of_lowest_loss():
