@@ -66,6 +66,13 @@ def device(text: str) -> torch.device:
 # -- shared argument groups -------------------------------------------------------------------
 
 
+def add_layer_filter_args(p: argparse.ArgumentParser) -> None:
+    """--include / --exclude / --min-channels: which candidate layers a command considers."""
+    p.add_argument("--include", action="append", help="only layers matching this glob (or re:REGEX); repeatable")
+    p.add_argument("--exclude", action="append", help="skip layers matching this glob (or re:REGEX); repeatable")
+    p.add_argument("--min-channels", type=int, default=16, help="skip layers with fewer input channels (default 16)")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", help="package.module:factory building the model when MODEL is a state_dict "
                                   "(e.g. torchvision.models:mobilenet_v2)")

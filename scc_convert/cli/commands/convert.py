@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..common import add_output_args, check_output, input_shape, load, say, write_json, write_model
-from ..parser import DTYPES, CLIError, add_common, add_model_args, add_run_args, floats
+from ..parser import DTYPES, CLIError, add_common, add_layer_filter_args, add_model_args, add_run_args, floats
 
 NAME = "convert"
 SUMMARY = "convert a model file's pointwise layers to SCC (the default: 'scc-convert MODEL' works too)"
@@ -32,9 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cg", type=int, default=4, help="channel groups (default 4)")
     p.add_argument("--co", type=float, default=0.5, help="channel overlap ratio in [0, 1) (default 0.5)")
     p.add_argument("--patterns", default="dw_pw,pw", help=f"comma-separated, from {','.join(PATTERNS)} (default dw_pw,pw)")
-    p.add_argument("--include", action="append", help="only layers matching this glob (or re:REGEX); repeatable")
-    p.add_argument("--exclude", action="append", help="skip layers matching this glob (or re:REGEX); repeatable")
-    p.add_argument("--min-channels", type=int, default=16, help="skip layers with fewer input channels (default 16)")
+    add_layer_filter_args(p)
     p.add_argument("--overrides", help="JSON file {layer: {\"cg\": N, \"co\": R}} of per-layer settings "
                                        "(e.g. from 'scc-convert sweep'); layers it names take them")
     p.add_argument("--on-indivisible", choices=("skip", "nearest"), default="skip",

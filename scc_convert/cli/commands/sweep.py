@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..common import check_output, input_shape, load, say, write_json
-from ..parser import DTYPES, CLIError, add_common, add_model_args, add_run_args, floats, ints
+from ..parser import DTYPES, CLIError, add_common, add_layer_filter_args, add_model_args, add_run_args, floats, ints
 
 NAME = "sweep"
 SUMMARY = "search per-layer cg/co under a MACs/params/latency budget, and/or sweep uniform settings"
@@ -41,9 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cgs", type=ints, default=(1, 2, 4, 8), help="cg values (default 1,2,4,8)")
     p.add_argument("--cos", type=floats, default=(0.25, 0.5), help="co values (default 0.25,0.5)")
     p.add_argument("--patterns", default="dw_pw,pw", help="comma-separated, from dw_pw,pw (default dw_pw,pw)")
-    p.add_argument("--include", action="append", help="only layers matching this glob (or re:REGEX); repeatable")
-    p.add_argument("--exclude", action="append", help="skip layers matching this glob (or re:REGEX); repeatable")
-    p.add_argument("--min-channels", type=int, default=16, help="skip layers with fewer input channels (default 16)")
+    add_layer_filter_args(p)
     p.add_argument("--no-uniform-check", action="store_true", help="do not compare the search with the uniform setting")
     p.add_argument("--report", help="JSON report path (default MODEL_sweep.json)")
     p.add_argument("--plot", help="PNG chart path (default MODEL_sweep.png; skipped without matplotlib unless given)")
