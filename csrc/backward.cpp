@@ -226,8 +226,13 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output, const
       const View<S> gy_view = view_of<S>(grad_output), x_view = view_of<S>(input);
       const Converted<T> w(weight);
       const Operand<T> wo = w.operand();
-      Backward<T, S>(gy_view, x_view, wo, win, input_grad ? &gx_view : nullptr,
-                     weight_grad ? gw_t.data_ptr<T>() : nullptr).run();
+      const View<S>* gx_ptr = input_grad ? &gx_view : nullptr;
+      T* gw_ptr = weight_grad ? gw_t.data_ptr<T>() : nullptr;
+      bool done = false;
+      if constexpr (std::is_same_v<T, S>) {
+        done = channels_last && run_window_backward<T>(gy_view, x_view, wo, win, gx_ptr, gw_ptr);
+      }
+      if (!done) Backward<T, S>(gy_view, x_view, wo, win, gx_ptr, gw_ptr).run();
     }
     if (weight_grad) gw = gw_t.scalar_type() == weight.scalar_type() ? gw_t : gw_t.to(weight.scalar_type());
   });

@@ -34,17 +34,6 @@ constexpr int64_t kStreamBytes = 16 << 20;     // outputs this large are stored 
 constexpr int64_t kNchwDepth = 128;
 constexpr int64_t kNchwPixels[2] = {128, 256};
 
-// Window w computes outputs w, w + cd, w + 2 cd, ... in that order: checked on the table.
-bool interleaves(const Windows& win, int64_t cout) {
-  const int64_t cd = win.count;
-  for (int64_t w = 0; w < cd; ++w) {
-    if (win.size(w) != (cout - w + cd - 1) / cd) return false;
-    for (int64_t j = 0; j < win.size(w); ++j)
-      if (win.outputs[win.offsets[w] + j] != j * cd + w) return false;
-  }
-  return true;
-}
-
 // dst[j * ld_dst + i] = src[i * ld_src + j] for i < rows, j < cols: L x L in-register
 // transposes, the ragged edges element by element.
 template <typename T>
@@ -77,7 +66,7 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
   const bool nchw = !xs && x.unit_pixels() && y.unit_pixels() && y.sc >= y.pixels() && !residual &&
                     activation == kNone && gw >= kNchwDepth && x.h * x.w >= kNchwPixels[0] &&
                     x.h * x.w <= kNchwPixels[1];
-  if ((!nchw && (!xs || !ys || (residual && !rs))) || !interleaves(win, cout)) return false;
+  if ((!nchw && (!xs || !ys || (residual && !rs))) || !win.interleaves()) return false;
   // A window's outputs in whole vectors: worth it while few lanes are padding.
   const int64_t per_window = Blocks::ceil_div(cout, cd), vectors = Blocks::ceil_div(per_window, L);
   const int64_t ldt = vectors * L;

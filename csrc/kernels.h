@@ -119,6 +119,18 @@ struct InterleaveArgs {
   bool stream;  // store y past the caches (y aligned to the vector, and too large for them)
 };
 
+// The inverse of interleave(), for the backward: the output-order rows y[p] (cout channels)
+// into window order, t[p][w * ldt + j] = y[p][j * cd + w] for j * cd + w < cout, the padding
+// lanes of each window zero (j < ldt, ldt a multiple of the vector length).
+template <typename T>
+struct DeinterleaveArgs {
+  const T* y;
+  int64_t y_step, cout, windows;
+  T* t;
+  int64_t t_step, ldt;
+  int64_t pixels;
+};
+
 template <typename T>
 struct Kernels {
   const char* isa;
@@ -133,6 +145,7 @@ struct Kernels {
   int interleave_max;  // largest cd interleave() takes (a power of two dividing lanes)
   void (*window_gemm)(const WindowGemmArgs<T>& args);
   void (*interleave)(const InterleaveArgs<T>& args);
+  void (*deinterleave)(const DeinterleaveArgs<T>& args);  // takes the same cd as interleave()
   int narrow_cin;  // 0: no narrow kernel for this instruction set and type
   void (*narrow)(const NarrowArgs<T>& args);
   // One lanes x lanes block between pixel-major rows and a channel-major tile:

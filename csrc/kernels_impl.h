@@ -435,6 +435,7 @@ Kernels<T> make_kernels(const char* isa) {
   k.interleave_max = std::min(16, Vec<T>::lanes);
   k.window_gemm = &window_gemm<T>;
   k.interleave = &interleave<T>;
+  k.deinterleave = &deinterleave<T>;
   k.to_tile = &to_tile<T>;
   k.from_tile = &from_tile<T>;
   return k;

@@ -84,7 +84,16 @@ SCC_TARGET SCC_NOINLINE void window_gemm_vectors(const WindowGemmArgs<T>& a, int
   constexpr int R = gemm_pixels(J);
   int64_t p = 0;
   for (; p + R <= a.pixels; p += R) window_gemm_tile<T, R, J>(a, p, v0);
-  for (; p < a.pixels; ++p) window_gemm_tile<T, 1, J>(a, p, v0);
+  // The rest (< R <= 8 pixels) in tiles of 4, 2 and 1.
+  if constexpr (R > 4) {
+    if (p + 4 <= a.pixels) window_gemm_tile<T, 4, J>(a, p, v0), p += 4;
+  }
+  if constexpr (R > 2) {
+    if (p + 2 <= a.pixels) window_gemm_tile<T, 2, J>(a, p, v0), p += 2;
+  }
+  if constexpr (R > 1) {
+    if (p < a.pixels) window_gemm_tile<T, 1, J>(a, p, v0);
+  }
 }
 
 template <typename T, int... J>
@@ -184,6 +193,60 @@ void interleave(const InterleaveArgs<T>& a) {
     case kSilu: return interleave_act<T, kSilu>(a);
     case kGelu: return interleave_act<T, kGelu>(a);
     default: return interleave_act<T, kNone>(a);
+  }
+}
+
+// Even (Odd: odd) lanes of the concatenation a, b: the inverse of the zips.
+template <bool Odd, typename V, int... I>
+SCC_TARGET SCC_INLINE V unzip(V a, V b, std::integer_sequence<int, I...>) {
+  return __builtin_shufflevector(a, b, (2 * I + (Odd ? 1 : 0))...);
+}
+
+// The inverse of zip_rounds: lane (l * CD + w) % L of v[(l * CD + w) / L] moves to lane l of v[w].
+template <typename T, int CD>
+SCC_TARGET SCC_INLINE void unzip_rounds(typename Vec<T>::type* v) {
+  using V = typename Vec<T>::type;
+  using Seq = std::make_integer_sequence<int, Vec<T>::lanes>;
+  SCC_UNROLL
+  for (int round = 1; round < CD; round *= 2) {
+    V u[CD];
+    SCC_UNROLL
+    for (int i = 0; i < CD / 2; ++i) {
+      u[i] = unzip<false>(v[2 * i], v[2 * i + 1], Seq{});
+      u[i + CD / 2] = unzip<true>(v[2 * i], v[2 * i + 1], Seq{});
+    }
+    SCC_UNROLL
+    for (int i = 0; i < CD; ++i) v[i] = u[i];
+  }
+}
+
+template <typename T, int CD>
+SCC_TARGET void deinterleave_cd(const DeinterleaveArgs<T>& a) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::lanes;
+  for (int64_t p = 0; p < a.pixels; ++p) {
+    const T* y = a.y + p * a.y_step;
+    T* t = a.t + p * a.t_step;
+    for (int64_t j = 0; j < a.ldt; j += L) {  // outputs [j * CD, (j + L) * CD)
+      V v[CD];
+      SCC_UNROLL
+      for (int q = 0; q < CD; ++q) v[q] = load_first(y + j * CD + q * L, a.cout - j * CD - q * L);
+      unzip_rounds<T, CD>(v);
+      SCC_UNROLL
+      for (int w = 0; w < CD; ++w) store(t + w * a.ldt + j, v[w]);
+    }
+  }
+}
+
+template <typename T>
+SCC_TARGET void deinterleave(const DeinterleaveArgs<T>& a) {
+  switch (a.windows) {
+    case 1: return deinterleave_cd<T, 1>(a);
+    case 2: return deinterleave_cd<T, 2>(a);
+    case 4: return deinterleave_cd<T, 4>(a);
+    case 8: return deinterleave_cd<T, 8>(a);
+    default:
+      if constexpr (Vec<T>::lanes >= 16) return deinterleave_cd<T, 16>(a);
   }
 }
 

@@ -19,6 +19,27 @@ struct Windows {
   const int64_t* outputs;
 
   int64_t size(int64_t w) const { return offsets[w + 1] - offsets[w]; }
+
+  // Window w computes outputs w, w + cd, w + 2 cd, ... in that order (the paper's assignment):
+  // checked on the table, never assumed.
+  bool interleaves() const {
+    for (int64_t w = 0; w < count; ++w) {
+      if (size(w) != (outputs_total - w + count - 1) / count) return false;
+      for (int64_t j = 0; j < size(w); ++j)
+        if (outputs[offsets[w] + j] != j * count + w) return false;
+    }
+    return true;
+  }
+
+  // Window w reads the consecutive channels first(w), first(w) + 1, ... (mod in_channels):
+  // checked on the table.
+  int64_t first(int64_t w) const { return columns[w * width]; }
+  bool consecutive(int64_t in_channels) const {
+    for (int64_t w = 0; w < count; ++w)
+      for (int64_t k = 0; k < width; ++k)
+        if (columns[w * width + k] != (first(w) + k) % in_channels) return false;
+    return true;
+  }
 };
 
 inline Windows parse_windows(const at::Tensor& table, int64_t in_channels, int64_t out_channels, int64_t width) {

@@ -103,6 +103,35 @@ def test_channels_last_window_gemm_matches_reference(n, cin, cout, cg, co, h, w,
     assert y.is_contiguous(memory_format=torch.channels_last)
 
 
+# channels_last layers on the window-by-window backward (csrc/backward_last.cpp: windows of
+# whole vectors, the paper's output assignment, a wrapping window split at a vector):
+# (N, Cin, Cout, cg, co, H, W)
+WINDOW_BACKWARD = [
+    (2, 128, 128, 4, 0.5, 5, 7),  # two vectors per window; the last window wraps at a vector
+    (1, 1024, 256, 4, 0.5, 3, 5),  # 16 vectors per window: register tiles side by side
+    (3, 256, 100, 4, 0.5, 6, 6),  # windows of 13 and 12 outputs (cout not a multiple of cd)
+    (2, 512, 512, 8, 0.5, 7, 7),  # cd = 16: fp32 only (fp64 vectors have 8 lanes)
+    (1, 64, 40, 2, 0.5, 37, 29),  # cd = 4; many pixel blocks, the last one cut
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("n,cin,cout,cg,co,h,w", WINDOW_BACKWARD)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_channels_last_window_backward_matches_reference(n, cin, cout, cg, co, h, w, dtype):
+    gen = torch.Generator().manual_seed(cin + cout + h)
+    x = torch.randn(n, cin, h, w, generator=gen, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(cout, cin // cg, generator=gen, dtype=dtype)
+    bias = torch.randn(cout, generator=gen, dtype=dtype)
+    gy = torch.randn(n, cout, h, w, generator=gen, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    _, (gx, _, _) = _check(x, weight, bias, cg, co, gy=gy, tol=1e-10 if dtype == torch.float64 else 2e-5)
+    assert gx.is_contiguous(memory_format=torch.channels_last)
+    # Either gradient alone is the same bits as both together.
+    both = native.scc_backward(gy, x, weight, cg, co, None, True, True)
+    assert torch.equal(native.scc_backward(gy, x, weight, cg, co, None, True, False)[0], both[0])
+    assert torch.equal(native.scc_backward(gy, x, weight, cg, co, None, False, True)[1], both[1])
+
+
 @needs_kernel
 @pytest.mark.parametrize("n,cin,cout,h,w", [(2, 512, 256, 12, 11), (1, 1024, 300, 13, 10)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -156,10 +185,12 @@ def test_noncontiguous_grad_output_and_custom_window_of():
 
 @needs_kernel
 @pytest.mark.parametrize("n,cin,cout,hw", [(8, 128, 256, 28), (1, 64, 64, 14)])
-def test_weight_gradient_is_the_same_bits_for_any_thread_count(n, cin, cout, hw):
-    x = torch.randn(n, cin, hw, hw)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_weight_gradient_is_the_same_bits_for_any_thread_count(n, cin, cout, hw, layout):
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(n, cin, hw, hw).contiguous(memory_format=fmt)
     weight = torch.randn(cout, cin // 4)
-    gy = torch.randn(n, cout, hw, hw)
+    gy = torch.randn(n, cout, hw, hw).contiguous(memory_format=fmt)
     threads = torch.get_num_threads()
     results = []
     try:
@@ -179,15 +210,18 @@ _ISA_SCRIPT = textwrap.dedent("""
     from scc_convert.ops import native
     assert native.cpu_backend() == "native"
     print(torch.ops.scc_native.info())
-    # (cout, cg): 40 outputs at cd = 8, and 200 at cd = 4 (channels_last: window by window
-    # where the vectors allow)
-    for layout, (cout, cg), dtype in itertools.product(("nchw", "channels_last"), ((40, 4), (200, 2)),
-                                                       (torch.float64, torch.float32)):
+    # (cin, cout, cg): 40 outputs at cd = 8, 200 and 96 at cd = 4 (channels_last: window by
+    # window where the vectors allow; 64 channels at cg = 2 are windows of whole vectors)
+    for layout, (cin, cout, cg), dtype in itertools.product(("nchw", "channels_last"),
+                                                            ((48, 40, 4), (48, 200, 2), (64, 96, 2)),
+                                                            (torch.float64, torch.float32)):
             tol = 1e-10 if dtype == torch.float64 else 2e-5
-            x = torch.randn(3, 48, 6, 10, dtype=dtype)
+            x = torch.randn(3, cin, 6, 10, dtype=dtype)
             if layout == "channels_last":
                 x = x.contiguous(memory_format=torch.channels_last)
-            w, gy = torch.randn(cout, 48 // cg, dtype=dtype), torch.randn(3, cout, 6, 10, dtype=dtype)
+            w, gy = torch.randn(cout, cin // cg, dtype=dtype), torch.randn(3, cout, 6, 10, dtype=dtype)
+            if layout == "channels_last":
+                gy = gy.contiguous(memory_format=torch.channels_last)
             y = native.scc_forward(x, w, None, cg, 0.5, None)
             gx, gw = native.scc_backward(gy, x, w, cg, 0.5, None, True, True)
             xr, wr = x.double().requires_grad_(), w.double().requires_grad_()

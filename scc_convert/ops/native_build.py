@@ -14,7 +14,7 @@ __all__ = ["SOURCES", "compile_flags"]
 SOURCES = (
     "kernels.h", "kernels_impl.h", "kernels_last_impl.h", "tiles.h", "windows.h", "drivers.h",
     "isa_avx512.cpp", "isa_avx2.cpp", "isa_portable.cpp", "kernels.cpp",
-    "forward.cpp", "forward_last.cpp", "backward.cpp", "ops.cpp",
+    "forward.cpp", "forward_last.cpp", "backward.cpp", "backward_last.cpp", "ops.cpp",
 )
 
 
