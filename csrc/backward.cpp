@@ -228,11 +228,11 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output, const
       const Operand<T> wo = w.operand();
       const View<S>* gx_ptr = input_grad ? &gx_view : nullptr;
       T* gw_ptr = weight_grad ? gw_t.data_ptr<T>() : nullptr;
-      bool done = false;
-      if constexpr (std::is_same_v<T, S>) {
-        done = channels_last && run_window_backward<T>(gy_view, x_view, wo, win, gx_ptr, gw_ptr);
-      }
-      if (!done) Backward<T, S>(gy_view, x_view, wo, win, gx_ptr, gw_ptr).run();
+      WindowBackward done;
+      if constexpr (std::is_same_v<T, S>) done = run_window_backward<T>(gy_view, x_view, wo, win, gx_ptr, gw_ptr);
+      if (done.input_grad) gx_ptr = nullptr;
+      if (done.weight_grad) gw_ptr = nullptr;
+      if (gx_ptr || gw_ptr) Backward<T, S>(gy_view, x_view, wo, win, gx_ptr, gw_ptr).run();
     }
     if (weight_grad) gw = gw_t.scalar_type() == weight.scalar_type() ? gw_t : gw_t.to(weight.scalar_type());
   });

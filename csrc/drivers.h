@@ -85,11 +85,16 @@ template <typename T>
 bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, const Windows& win,
                      const View<T>& y, Activation activation, const View<T>* residual);
 
-// The channels_last backward window by window (backward_last.cpp), for T = S = float or
-// double: false (nothing written) when the layer does not suit it (strides, widths, windows).
+// The backward window by window (backward_last.cpp), for T = S = float or double: which of the
+// asked-for gradients it computed (none when the layer does not suit it: strides, widths,
+// windows; in NCHW, the gradients for which the tiles are faster).
+struct WindowBackward {
+  bool input_grad = false, weight_grad = false;
+};
+
 template <typename T>
-bool run_window_backward(const View<T>& gy, const View<T>& x, const Operand<T>& weight, const Windows& win,
-                         const View<T>* gx, T* weight_grad);
+WindowBackward run_window_backward(const View<T>& gy, const View<T>& x, const Operand<T>& weight,
+                                   const Windows& win, const View<T>* gx, T* weight_grad);
 
 inline void check_operands(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias) {
   TORCH_CHECK(input.dim() == 4 && weight.dim() == 2, "scc_native: input must be 4-D and weight 2-D");

@@ -34,22 +34,6 @@ constexpr int64_t kStreamBytes = 16 << 20;     // outputs this large are stored 
 constexpr int64_t kNchwDepth = 128;
 constexpr int64_t kNchwPixels[2] = {128, 256};
 
-// dst[j * ld_dst + i] = src[i * ld_src + j] for i < rows, j < cols: L x L in-register
-// transposes, the ragged edges element by element.
-template <typename T>
-void transpose_rows(const Kernels<T>& k, const T* src, int64_t ld_src, int64_t rows, int64_t cols, T* dst,
-                    int64_t ld_dst) {
-  const int64_t L = k.lanes, full_r = rows / L * L, full_c = cols / L * L;
-  const T* from[64];
-  for (int64_t i0 = 0; i0 < full_r; i0 += L)
-    for (int64_t j0 = 0; j0 < full_c; j0 += L) {
-      for (int64_t i = 0; i < L; ++i) from[i] = src + (i0 + i) * ld_src + j0;
-      k.to_tile(from, dst + j0 * ld_dst + i0, ld_dst);
-    }
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = i < full_r ? full_c : 0; j < cols; ++j) dst[j * ld_dst + i] = src[i * ld_src + j];
-}
-
 }  // namespace
 
 template <typename T>
@@ -120,19 +104,10 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
     e.r_step = rs;
     e.activation = activation;
     e.stream = stream;
-    // NCHW: a block's pixels image by image, each run [at, at + n) of the block being pixels
-    // q .. q + n of image img.
-    const auto by_image = [&](int64_t p0, int64_t len, auto&& run) {
-      for (int64_t at = 0; at < len;) {
-        const int64_t img = (p0 + at) / hw, q = (p0 + at) % hw, n = std::min(len - at, hw - q);
-        run(img, q, at, n);
-        at += n;
-      }
-    };
     for (int64_t c = begin; c < end; ++c) {
       const int64_t p0 = c * block, len = std::min(block, pixels - p0);
       if (nchw)
-        by_image(p0, len, [&](int64_t img, int64_t q, int64_t at, int64_t n) {
+        by_image(hw, p0, len, [&](int64_t img, int64_t q, int64_t at, int64_t n) {
           transpose_rows(k, x.data + img * x.sn + q, x.sc, cin, n, xp + at * ldx, ldx);
         });
       g.x = nchw ? xp : x.data + p0 * xs;
@@ -158,7 +133,7 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
         k.interleave(e);
       }
       if (nchw)
-        by_image(p0, len, [&](int64_t img, int64_t q, int64_t at, int64_t n) {
+        by_image(hw, p0, len, [&](int64_t img, int64_t q, int64_t at, int64_t n) {
           transpose_rows(k, u + at * ldu, ldu, n, cout, y.data + img * y.sn + q, y.sc);
         });
     }

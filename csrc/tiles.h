@@ -121,6 +121,33 @@ inline void* thread_scratch(size_t bytes) {
   return buf.p;
 }
 
+// dst[j * ld_dst + i] = src[i * ld_src + j] for i < rows, j < cols: L x L in-register
+// transposes, the ragged edges element by element.
+template <typename T>
+inline void transpose_rows(const Kernels<T>& k, const T* src, int64_t ld_src, int64_t rows, int64_t cols, T* dst,
+                    int64_t ld_dst) {
+  const int64_t L = k.lanes, full_r = rows / L * L, full_c = cols / L * L;
+  const T* from[64];
+  for (int64_t i0 = 0; i0 < full_r; i0 += L)
+    for (int64_t j0 = 0; j0 < full_c; j0 += L) {
+      for (int64_t i = 0; i < L; ++i) from[i] = src + (i0 + i) * ld_src + j0;
+      k.to_tile(from, dst + j0 * ld_dst + i0, ld_dst);
+    }
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = i < full_r ? full_c : 0; j < cols; ++j) dst[j * ld_dst + i] = src[i * ld_src + j];
+}
+
+// The flattened pixels [p0, p0 + len) of images of hw pixels, image by image: run(img, q, at,
+// n) for each run [at, at + n) of the range that is pixels q .. q + n of image img.
+template <typename F>
+inline void by_image(int64_t hw, int64_t p0, int64_t len, F&& run) {
+  for (int64_t at = 0; at < len;) {
+    const int64_t img = (p0 + at) / hw, q = (p0 + at) % hw, n = std::min(len - at, hw - q);
+    run(img, q, at, n);
+    at += n;
+  }
+}
+
 // Where one tensor's rows of one block are: in place, or packed into `scratch`.
 template <typename T>
 struct Tile {

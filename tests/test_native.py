@@ -103,29 +103,33 @@ def test_channels_last_window_gemm_matches_reference(n, cin, cout, cg, co, h, w,
     assert y.is_contiguous(memory_format=torch.channels_last)
 
 
-# channels_last layers on the window-by-window backward (csrc/backward_last.cpp: windows of
-# whole vectors, the paper's output assignment, a wrapping window split at a vector):
-# (N, Cin, Cout, cg, co, H, W)
+# Layers on the window-by-window backward (csrc/backward_last.cpp: windows of whole vectors,
+# the paper's output assignment, a wrapping window split at a vector; in NCHW the input
+# gradient at up to 64 pixels per image and the weight gradient at up to 196, the other
+# gradient on the tiles): (N, Cin, Cout, cg, co, H, W)
 WINDOW_BACKWARD = [
     (2, 128, 128, 4, 0.5, 5, 7),  # two vectors per window; the last window wraps at a vector
     (1, 1024, 256, 4, 0.5, 3, 5),  # 16 vectors per window: register tiles side by side
     (3, 256, 100, 4, 0.5, 6, 6),  # windows of 13 and 12 outputs (cout not a multiple of cd)
     (2, 512, 512, 8, 0.5, 7, 7),  # cd = 16: fp32 only (fp64 vectors have 8 lanes)
-    (1, 64, 40, 2, 0.5, 37, 29),  # cd = 4; many pixel blocks, the last one cut
+    (2, 256, 256, 4, 0.5, 13, 14),  # NCHW: the weight gradient here, the input gradient on the tiles
+    (1, 64, 40, 2, 0.5, 37, 29),  # cd = 4; many pixel blocks, the last one cut (NCHW: all on the tiles)
 ]
 
 
 @needs_kernel
 @pytest.mark.parametrize("n,cin,cout,cg,co,h,w", WINDOW_BACKWARD)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_channels_last_window_backward_matches_reference(n, cin, cout, cg, co, h, w, dtype):
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+def test_window_backward_matches_reference(n, cin, cout, cg, co, h, w, dtype, layout):
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     gen = torch.Generator().manual_seed(cin + cout + h)
-    x = torch.randn(n, cin, h, w, generator=gen, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(n, cin, h, w, generator=gen, dtype=dtype).contiguous(memory_format=fmt)
     weight = torch.randn(cout, cin // cg, generator=gen, dtype=dtype)
     bias = torch.randn(cout, generator=gen, dtype=dtype)
-    gy = torch.randn(n, cout, h, w, generator=gen, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    gy = torch.randn(n, cout, h, w, generator=gen, dtype=dtype).contiguous(memory_format=fmt)
     _, (gx, _, _) = _check(x, weight, bias, cg, co, gy=gy, tol=1e-10 if dtype == torch.float64 else 2e-5)
-    assert gx.is_contiguous(memory_format=torch.channels_last)
+    assert gx.is_contiguous(memory_format=fmt)
     # Either gradient alone is the same bits as both together.
     both = native.scc_backward(gy, x, weight, cg, co, None, True, True)
     assert torch.equal(native.scc_backward(gy, x, weight, cg, co, None, True, False)[0], both[0])
@@ -184,7 +188,7 @@ def test_noncontiguous_grad_output_and_custom_window_of():
 
 
 @needs_kernel
-@pytest.mark.parametrize("n,cin,cout,hw", [(8, 128, 256, 28), (1, 64, 64, 14)])
+@pytest.mark.parametrize("n,cin,cout,hw", [(8, 128, 256, 28), (1, 64, 64, 14), (4, 256, 512, 7)])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_weight_gradient_is_the_same_bits_for_any_thread_count(n, cin, cout, hw, layout):
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
