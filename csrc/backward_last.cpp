@@ -36,13 +36,6 @@ constexpr int64_t kParallelMacs = 1 << 19;  // work below which a thread is not 
 constexpr int64_t kMaxChunks = 16;          // at most this many partial weight gradients,
 constexpr int64_t kPartialBytes = 64 << 20;  // of at most this many bytes together
 
-// A row stride of whole vectors and an odd number of 64-byte lines: rows one after another
-// fall into every L1 set, not a few (measured: 1.29x on 512->128 28x28 against a 512-byte stride).
-inline int64_t odd_lines(int64_t n, int64_t lanes) {
-  const int64_t ld = Blocks::round_up(n, lanes);
-  return (ld / lanes) % 2 ? ld : ld + lanes;
-}
-
 // NCHW layers whose gradients run here rather than on the tiles (which read NCHW in place;
 // here every block is copied). Paired runs against the tiles, one thread, batch 16-32: the
 // input gradient 1.2-1.7x faster at 7x7, 0.83-1.08x at 14x14, 0.53-0.73x at 28x28; the weight
@@ -99,23 +92,9 @@ WindowBackward run_window_backward(const View<T>& gy, const View<T>& x, const Op
   const int64_t row_bytes = (cout + ldd + 2 * cin + 2 * ldx) * int64_t(sizeof(T));
   int64_t block = std::clamp<int64_t>(kBlockBytes / row_bytes, 16, kMaxBlock);
   while (block > 16 && Blocks::ceil_div(pixels, block) < kMinBlocks) block = Blocks::ceil_div(block, 2);
-  // NCHW images of two vectors or more are cut image by image into parts of whole vectors
-  // (the copies' L x L transposes; only an image's last part has a ragged edge), smaller ones
-  // as flattened pixels.
-  const bool per_image = nchw && hw >= 2 * L;
-  const int64_t parts = per_image ? Blocks::ceil_div(hw, Blocks::round_up(Blocks::ceil_div(hw, Blocks::ceil_div(hw, block)), L)) : 0;
-  if (per_image) block = Blocks::round_up(Blocks::ceil_div(hw, parts), L);
-  const int64_t count = per_image ? x.n * parts : Blocks::ceil_div(pixels, block);
-  const auto range = [&](int64_t b, int64_t& p0, int64_t& len) {
-    if (per_image) {
-      const int64_t q = b % parts * block;
-      p0 = b / parts * hw + q;
-      len = std::min(block, hw - q);
-    } else {
-      p0 = b * block;
-      len = std::min(block, pixels - p0);
-    }
-  };
+  const PixelParts blocks(x.n, hw, block, L, nchw);
+  block = blocks.block;
+  const int64_t count = blocks.count;
   const int64_t chunks =
       weight_grad ? std::clamp<int64_t>(std::min(kMaxChunks, kPartialBytes / (cout * gw * int64_t(sizeof(T)))), 1,
                                         count)
@@ -146,7 +125,7 @@ WindowBackward run_window_backward(const View<T>& gy, const View<T>& x, const Op
       T* acc = weight_grad ? partial.data() + chunk * cout * gw : nullptr;
       for (int64_t b = chunk * count / chunks; b < (chunk + 1) * count / chunks; ++b) {
         int64_t p0, len;
-        range(b, p0, len);
+        blocks.range(b, p0, len);
         if (nchw) {  // each window's output rows straight into window order
           by_image(hw, p0, len, [&](int64_t img, int64_t q, int64_t at, int64_t n) {
             for (int64_t w = 0; w < cd; ++w)

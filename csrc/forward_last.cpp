@@ -29,8 +29,9 @@ constexpr int64_t kMaxBlock = 512;
 constexpr int64_t kParallelMacs = 1 << 19;    // work below which a thread is not worth waking
 constexpr int64_t kStreamBytes = 16 << 20;     // outputs this large are stored past the caches
 // NCHW layers with windows this wide run here too, if their images have this many pixels
-// (paired runs against the tiles' kernel: 1024->512 at 14x14 1.18-1.22x, 1024->256 at 14x14
-// 1.03-1.12x; 512->256 at 28x28 0.73x; 7x7 layers 0.78-0.96x even with blocks across images)
+// (paired runs against the tiles' kernel, one thread, batch 16: 1024->256 and 1024->512 at
+// 14x14 1.26x and 1.28x; 256->1024 and 256->256 at 14x14 (gw = 64) 0.81x; at 7x7 2048->512
+// 1.04x, 512->2048, 960->320, 160->960, 320->1280 0.81-0.92x; 512->256 at 28x28 0.73x)
 constexpr int64_t kNchwDepth = 128;
 constexpr int64_t kNchwPixels[2] = {128, 256};
 
@@ -74,18 +75,20 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
   const int64_t span = cd * group * L;  // buffer elements per pixel
   const int64_t depth = std::min(gw, std::max<int64_t>(8, kWeightBytes / (ldw * int64_t(sizeof(T)))));
   const int64_t row_bytes = std::max(cin, span) * int64_t(sizeof(T));
-  // Pixel blocks of the flattened N*H*W pixels (NCHW: a block may span images).
+  // Pixel blocks of the flattened N*H*W pixels (NCHW: parts of images, see PixelParts).
   const int64_t hw = x.h * x.w, pixels = x.n * hw, threads = at::get_num_threads();
   int64_t block = std::clamp<int64_t>(kBlockBytes / row_bytes, 8, kMaxBlock);
   while (block > 8 && Blocks::ceil_div(pixels, block) < 2 * threads) block = Blocks::ceil_div(block, 2);
-  const int64_t count = Blocks::ceil_div(pixels, block);
+  const PixelParts blocks(x.n, hw, block, L, nchw);
+  block = blocks.block;
+  const int64_t count = blocks.count;
   const int64_t grain = std::max<int64_t>(1, kParallelMacs / (block * cout * gw));
   const bool stream = !nchw && cout * pixels * int64_t(sizeof(T)) >= kStreamBytes &&
                       ys * int64_t(sizeof(T)) % 64 == 0 && reinterpret_cast<uintptr_t>(y.data) % 64 == 0;
   // NCHW: pixel-major buffers for the block's inputs (copied in by 16x16 transposes: reading
   // channel rows in place, every weight column is another cache line) and for its outputs
   // before they are transposed back.
-  const int64_t ldu = Blocks::round_up(cout, L), ldx = Blocks::round_up(cin, L);
+  const int64_t ldu = odd_lines(cout, L), ldx = odd_lines(cin, L);
 
   at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
     T* t = static_cast<T*>(thread_scratch(size_t(block * (span + (nchw ? ldu + ldx : 0))) * sizeof(T)));
@@ -105,7 +108,8 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
     e.activation = activation;
     e.stream = stream;
     for (int64_t c = begin; c < end; ++c) {
-      const int64_t p0 = c * block, len = std::min(block, pixels - p0);
+      int64_t p0, len;
+      blocks.range(c, p0, len);
       if (nchw)
         by_image(hw, p0, len, [&](int64_t img, int64_t q, int64_t at, int64_t n) {
           transpose_rows(k, x.data + img * x.sn + q, x.sc, cin, n, xp + at * ldx, ldx);

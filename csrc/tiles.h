@@ -148,6 +148,46 @@ inline void by_image(int64_t hw, int64_t p0, int64_t len, F&& run) {
   }
 }
 
+// The pixel blocks of the window kernels (forward_last.cpp, backward_last.cpp): blocks of the
+// flattened N*H*W pixels of about `block` pixels, or, for NCHW copies of images of two vectors
+// or more (cut_images), each image cut into equal parts of whole vectors, so the copies' L x L
+// transposes meet a ragged edge only at an image's end.
+struct PixelParts {
+  int64_t hw = 0, pixels = 0, block = 0, parts = 0, count = 0;
+
+  PixelParts(int64_t n, int64_t hw_, int64_t block_, int64_t lanes, bool cut_images)
+      : hw(hw_), pixels(n * hw_), block(block_) {
+    if (cut_images && hw >= 2 * lanes) {
+      const int64_t size = Blocks::round_up(Blocks::ceil_div(hw, Blocks::ceil_div(hw, block)), lanes);
+      parts = Blocks::ceil_div(hw, size);
+      block = Blocks::round_up(Blocks::ceil_div(hw, parts), lanes);
+      count = n * parts;
+    } else {
+      count = Blocks::ceil_div(pixels, block);
+    }
+  }
+
+  // Block b: flattened pixels [p0, p0 + len).
+  void range(int64_t b, int64_t& p0, int64_t& len) const {
+    if (parts) {
+      const int64_t q = b % parts * block;
+      p0 = b / parts * hw + q;
+      len = std::min(block, hw - q);
+    } else {
+      p0 = b * block;
+      len = std::min(block, pixels - p0);
+    }
+  }
+};
+
+// A row stride of whole vectors and an odd number of 64-byte lines: rows one after another
+// fall into every L1 set, not a few (measured: the window backward's weight gradient 1.29x
+// faster on 512->128 28x28 than with a 512-byte stride).
+inline int64_t odd_lines(int64_t n, int64_t lanes) {
+  const int64_t ld = Blocks::round_up(n, lanes);
+  return (ld / lanes) % 2 ? ld : ld + lanes;
+}
+
 // Where one tensor's rows of one block are: in place, or packed into `scratch`.
 template <typename T>
 struct Tile {
