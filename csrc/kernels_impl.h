@@ -197,6 +197,13 @@ SCC_TARGET void rows_fixed(const RowsArgs<T>& a) {
     int64_t p = 0;
     for (; p + NV * L <= a.pixels; p += NV * L)
       rows_block<T, R, NV>(ar, a.a_col + k0, a.b, a.b_row + k0, kn, cr, init, acc, p);
+    // The rest (< NV vectors): two vectors at once where they remain, then one.
+    if constexpr (NV > 2) {
+      if (p + 2 * L <= a.pixels) {
+        rows_block<T, R, 2>(ar, a.a_col + k0, a.b, a.b_row + k0, kn, cr, init, acc, p);
+        p += 2 * L;
+      }
+    }
     for (; p < a.pixels; p += L)
       rows_block<T, R, 1>(ar, a.a_col + k0, a.b, a.b_row + k0, kn, cr, init, acc, p);
   }
