@@ -118,19 +118,8 @@ struct Backward {
       }
     });
 
-    if (weight_grad) {  // sum the partials in chunk order; row i of a partial is output outputs[i]
-      at::parallel_for(0, cout, std::max<int64_t>(16, kParallelMacs / (chunks * gw)), [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          T* dst = weight_grad + win.outputs[i] * gw;
-          const T* src = partial.data() + i * gw;
-          for (int64_t j = 0; j < gw; ++j) dst[j] = src[j];
-          for (int64_t c = 1; c < chunks; ++c) {
-            const T* more = src + c * cout * gw;
-            for (int64_t j = 0; j < gw; ++j) dst[j] += more[j];
-          }
-        }
-      });
-    }
+    if (weight_grad)
+      sum_partials(partial, chunks, win, cout, gw, weight_grad);
   }
 
   // Pixels [first, first + len); in place only where allowed (len a multiple of the vector

@@ -196,19 +196,8 @@ WindowBackward run_window_backward(const View<T>& gy, const View<T>& x, const Op
     }
   });
 
-  if (weight_grad) {  // the partials in chunk order; row i of a partial is output outputs[i]
-    at::parallel_for(0, cout, std::max<int64_t>(16, kParallelMacs / (chunks * gw)), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        T* dst = weight_grad + win.outputs[i] * gw;
-        const T* src = partial.data() + i * gw;
-        for (int64_t c = 0; c < gw; ++c) dst[c] = src[c];
-        for (int64_t chunk = 1; chunk < chunks; ++chunk) {
-          const T* more = src + chunk * cout * gw;
-          for (int64_t c = 0; c < gw; ++c) dst[c] += more[c];
-        }
-      }
-    });
-  }
+  if (weight_grad)
+    sum_partials(partial, chunks, win, cout, gw, weight_grad);
   return {gx != nullptr, weight_grad != nullptr};
 }
 

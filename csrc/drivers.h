@@ -2,6 +2,7 @@
 // views, operands converted to the compute type.
 #pragma once
 
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
@@ -12,6 +13,7 @@
 #include <optional>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "kernels.h"
 #include "tiles.h"
@@ -95,6 +97,26 @@ struct WindowBackward {
 template <typename T>
 WindowBackward run_window_backward(const View<T>& gy, const View<T>& x, const Operand<T>& weight,
                                    const Windows& win, const View<T>* gx, T* weight_grad);
+
+// The weight gradient from per-chunk partials in window order (partial[c * cout * gw + i * gw
+// + k]: chunk c's sum for output win.outputs[i], column k), summed in chunk order: the same bits
+// for any thread count.
+template <typename T>
+void sum_partials(const std::vector<T>& partial, int64_t chunks, const Windows& win, int64_t cout, int64_t gw,
+                  T* weight_grad) {
+  const int64_t grain = std::max<int64_t>(16, (int64_t(1) << 19) / (chunks * gw));  // rows per task
+  at::parallel_for(0, cout, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      T* dst = weight_grad + win.outputs[i] * gw;
+      const T* src = partial.data() + i * gw;
+      for (int64_t k = 0; k < gw; ++k) dst[k] = src[k];
+      for (int64_t c = 1; c < chunks; ++c) {
+        const T* more = src + c * cout * gw;
+        for (int64_t k = 0; k < gw; ++k) dst[k] += more[k];
+      }
+    }
+  });
+}
 
 inline void check_operands(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias) {
   TORCH_CHECK(input.dim() == 4 && weight.dim() == 2, "scc_native: input must be 4-D and weight 2-D");

@@ -120,9 +120,16 @@ SCC_TARGET SCC_INLINE V zip(V a, V b, std::integer_sequence<int, I...>) {
   return __builtin_shufflevector(a, b, zip_index(sizeof...(I), Hi, I)...);
 }
 
+// Even (Odd: odd) lanes of the concatenation a, b: the inverse of the zips.
+template <bool Odd, typename V, int... I>
+SCC_TARGET SCC_INLINE V unzip(V a, V b, std::integer_sequence<int, I...>) {
+  return __builtin_shufflevector(a, b, (2 * I + (Odd ? 1 : 0))...);
+}
+
 // v[w] lane l (w < CD) moves to lane (l * CD + w) % L of v[(l * CD + w) / L]: log2(CD)
-// rounds of zipping v[i] with v[i + CD / 2].
-template <typename T, int CD>
+// rounds of zipping v[i] with v[i + CD / 2]. Inverse: the other way (the backward's gy into
+// window order), each round unzipping v[2i], v[2i + 1] back into v[i], v[i + CD / 2].
+template <typename T, int CD, bool Inverse = false>
 SCC_TARGET SCC_INLINE void zip_rounds(typename Vec<T>::type* v) {
   using V = typename Vec<T>::type;
   using Seq = std::make_integer_sequence<int, Vec<T>::lanes>;
@@ -131,8 +138,13 @@ SCC_TARGET SCC_INLINE void zip_rounds(typename Vec<T>::type* v) {
     V u[CD];
     SCC_UNROLL
     for (int i = 0; i < CD / 2; ++i) {
-      u[2 * i] = zip<false>(v[i], v[i + CD / 2], Seq{});
-      u[2 * i + 1] = zip<true>(v[i], v[i + CD / 2], Seq{});
+      if constexpr (Inverse) {
+        u[i] = unzip<false>(v[2 * i], v[2 * i + 1], Seq{});
+        u[i + CD / 2] = unzip<true>(v[2 * i], v[2 * i + 1], Seq{});
+      } else {
+        u[2 * i] = zip<false>(v[i], v[i + CD / 2], Seq{});
+        u[2 * i + 1] = zip<true>(v[i], v[i + CD / 2], Seq{});
+      }
     }
     SCC_UNROLL
     for (int i = 0; i < CD; ++i) v[i] = u[i];
@@ -196,30 +208,6 @@ void interleave(const InterleaveArgs<T>& a) {
   }
 }
 
-// Even (Odd: odd) lanes of the concatenation a, b: the inverse of the zips.
-template <bool Odd, typename V, int... I>
-SCC_TARGET SCC_INLINE V unzip(V a, V b, std::integer_sequence<int, I...>) {
-  return __builtin_shufflevector(a, b, (2 * I + (Odd ? 1 : 0))...);
-}
-
-// The inverse of zip_rounds: lane (l * CD + w) % L of v[(l * CD + w) / L] moves to lane l of v[w].
-template <typename T, int CD>
-SCC_TARGET SCC_INLINE void unzip_rounds(typename Vec<T>::type* v) {
-  using V = typename Vec<T>::type;
-  using Seq = std::make_integer_sequence<int, Vec<T>::lanes>;
-  SCC_UNROLL
-  for (int round = 1; round < CD; round *= 2) {
-    V u[CD];
-    SCC_UNROLL
-    for (int i = 0; i < CD / 2; ++i) {
-      u[i] = unzip<false>(v[2 * i], v[2 * i + 1], Seq{});
-      u[i + CD / 2] = unzip<true>(v[2 * i], v[2 * i + 1], Seq{});
-    }
-    SCC_UNROLL
-    for (int i = 0; i < CD; ++i) v[i] = u[i];
-  }
-}
-
 template <typename T, int CD>
 SCC_TARGET void deinterleave_cd(const DeinterleaveArgs<T>& a) {
   using V = typename Vec<T>::type;
@@ -231,7 +219,7 @@ SCC_TARGET void deinterleave_cd(const DeinterleaveArgs<T>& a) {
       V v[CD];
       SCC_UNROLL
       for (int q = 0; q < CD; ++q) v[q] = load_first(y + j * CD + q * L, a.cout - j * CD - q * L);
-      unzip_rounds<T, CD>(v);
+      zip_rounds<T, CD, true>(v);
       SCC_UNROLL
       for (int w = 0; w < CD; ++w) store(t + w * a.ldt + j, v[w]);
     }
