@@ -28,6 +28,7 @@ constexpr int64_t kPanelBytes = 24 * 1024;
 constexpr int64_t kMaxBlock = 1024;
 // Work (multiply-adds) below which a thread is not worth waking: small layers run serially.
 constexpr int64_t kParallelMacs = 1 << 19;
+constexpr int64_t kStreamBytes = 16 << 20;  // outputs this large are stored past the caches
 
 // What the forward does after the sum: add a residual (nullptr: none), then an activation.
 template <typename S>
@@ -212,6 +213,10 @@ bool run_narrow(const View<S>& x, const Operand<T>& weight, const T* bias, const
     a.bias = b.data();
     a.activation = epi.activation;
     const int64_t pixels = x.n * x.h * x.w;
+    // Outputs too large for the caches are stored past them, as the window kernel does.
+    // (paired, one thread, batch 16: 16->96 at 112x112 1.73x, 24->144 at 56x56 1.86x faster).
+    a.stream = cout * pixels * int64_t(sizeof(T)) >= kStreamBytes && ys * int64_t(sizeof(T)) % 64 == 0 &&
+               reinterpret_cast<uintptr_t>(y.data) % 64 == 0;
     const int64_t grain = std::max<int64_t>(64, kParallelMacs / std::max<int64_t>(1, cout * gw));
     at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
       NarrowArgs<T> part = a;

@@ -80,6 +80,7 @@ struct NarrowArgs {
   const int32_t* index;
   const T* bias;
   Activation activation;
+  bool stream;  // store whole output vectors past the caches (y aligned to the vector, rows too)
 };
 
 // The forward window by window (forward_last.cpp). One window's products are a GEMM read

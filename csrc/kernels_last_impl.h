@@ -271,11 +271,17 @@ SCC_TARGET SCC_INLINE void narrow_pixels(const NarrowArgs<float>& a, int64_t p) 
       for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo[r], idx, hi[r]), w, acc[r]);
     }
     const __mmask16 out = first_lanes(a.cout - j);
+    const bool stream = a.stream && a.cout - j >= 16;
     SCC_UNROLL
     for (int r = 0; r < R; ++r) {
       V v = (V)acc[r];
       if (a.r) v += (V)_mm512_maskz_loadu_ps(out, a.r + (p + r) * a.r_step + j);
-      _mm512_mask_storeu_ps(a.y + (p + r) * a.y_step + j, out, (__m512)activate<float, A>(v));
+      float* y = a.y + (p + r) * a.y_step + j;
+      if (stream) {
+        _mm512_stream_ps(y, (__m512)activate<float, A>(v));
+      } else {
+        _mm512_mask_storeu_ps(y, out, (__m512)activate<float, A>(v));
+      }
     }
   }
 }
@@ -289,6 +295,10 @@ SCC_TARGET void narrow_act(const NarrowArgs<float>& a) {
 }
 
 void narrow(const NarrowArgs<float>& a) {
+  struct Fence {  // streamed stores are weakly ordered: order them before anything after
+    bool on;
+    ~Fence() { if (on) stream_fence(); }
+  } fence{a.stream};
   switch (a.activation) {
     case kRelu: return narrow_act<kRelu>(a);
     case kRelu6: return narrow_act<kRelu6>(a);

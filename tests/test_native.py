@@ -168,14 +168,18 @@ def test_channels_last_window_gemm_epilogue_matches_reference(activation):
 
 
 @needs_kernel
-def test_channels_last_output_too_large_for_the_caches_is_streamed_correctly():
-    """A 16.8 MB fp32 output is stored past the caches (non-temporal stores)."""
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(1, 64, 64, 64, generator=gen).contiguous(memory_format=torch.channels_last)
-    weight = torch.randn(1024, 16, generator=gen)
-    with native.use_backend("native"):
-        y = scc_conv2d(x, weight, None, cg=4, co=0.5)
-    expected = scc_reference(x.double(), weight.double(), cg=4, co=0.5)
+@pytest.mark.parametrize("cin,cout,h,w", [(64, 1024, 64, 64), (16, 80, 229, 230)])
+def test_channels_last_output_too_large_for_the_caches_is_streamed_correctly(cin, cout, h, w):
+    """16.8 MB fp32 outputs are stored past the caches (non-temporal stores): the window
+    kernel's (64 -> 1024) and the narrow kernel's (16 input channels), with bias, residual and
+    activation."""
+    gen = torch.Generator().manual_seed(cin + cout)
+    x = torch.randn(1, cin, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(cout, cin // 4, generator=gen)
+    bias = torch.randn(cout, generator=gen)
+    residual = torch.randn(1, cout, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+    y = native.scc_forward(x, weight, bias, 4, 0.5, None, "relu", residual)
+    expected = torch.relu(scc_reference(x.double(), weight.double(), bias.double(), cg=4, co=0.5) + residual.double())
     torch.testing.assert_close(y.double(), expected, atol=2e-5 * expected.abs().max().item(), rtol=0)
 
 
