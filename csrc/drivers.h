@@ -26,6 +26,12 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std:
                    const at::Tensor& table, bool channels_last, int64_t activation,
                    const std::optional<at::Tensor>& residual);
 
+// act(scc(input) + bias + residual) written over `residual` (the in-place form compiled graphs
+// use when the residual is not needed afterwards; it returns nothing, so inductor can call it
+// as a mutating op).
+void forward_(const at::Tensor& residual, const at::Tensor& input, const at::Tensor& weight,
+              const std::optional<at::Tensor>& bias, const at::Tensor& table, int64_t activation);
+
 std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor& input,
                                             const at::Tensor& weight, const at::Tensor& table, bool channels_last,
                                             bool input_grad, bool weight_grad);

@@ -35,6 +35,7 @@ template <typename S>
 struct Epilogue {
   Activation activation = kNone;
   const View<S>* residual = nullptr;
+  bool residual_is_output = false;  // forward_: the output overwrites the residual
 
   bool any() const { return activation != kNone || residual; }
 };
@@ -60,7 +61,8 @@ struct Forward {
   void run() {
     const int64_t L = k.lanes, cin = x.c, cout = y.c, gw = win.width, threads = at::get_num_threads();
     const bool x_place = can_run_in_place<T>(x), y_place = can_run_in_place<T>(y);
-    r_place = epi.residual && can_run_in_place<T>(*epi.residual);
+    // A residual that is the output itself is packed before rows() overwrites it.
+    r_place = epi.residual && !epi.residual_is_output && can_run_in_place<T>(*epi.residual);
     const bool per_image = cut_per_image(x.pixels(), L, x_place || y_place);
     // Blocks of whole register tiles (rows() runs the pixels in tiles of rows_vectors
     // vectors; a 64-pixel block left a 16-pixel tail of one-vector tiles: 5-10% on 7x7 layers
@@ -232,20 +234,14 @@ bool run_narrow(const View<S>& x, const Operand<T>& weight, const T* bias, const
 
 }  // namespace
 
-at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                   const at::Tensor& table, bool channels_last, int64_t activation,
-                   const std::optional<at::Tensor>& residual) {
-  check_operands(input, weight, bias ? &*bias : nullptr);
-  const Windows win = parse_windows(table, input.size(1), weight.size(0), weight.size(1));
-  TORCH_CHECK(activation >= kNone && activation <= kGelu, "scc_native: unknown activation code ", activation);
-  at::Tensor out = empty_like_layout(input, weight.size(0), channels_last);
-  if (residual) {
-    TORCH_CHECK(residual->sizes() == out.sizes() && residual->scalar_type() == input.scalar_type() &&
-                    residual->is_cpu(),
-                "scc_native: the residual must be a CPU tensor of the output's shape ", out.sizes(), " and dtype ",
-                input.scalar_type(), ", got ", residual->sizes(), " ", residual->scalar_type());
-  }
-  if (out.numel() == 0) return out;
+namespace {
+
+// The forward into `out` (a fresh tensor, or the residual itself for forward_). The window and
+// narrow kernels read each residual vector before they store the output vector at the same
+// place, so they may overwrite the residual; the tiles pack it first (Epilogue).
+void forward_into(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                  const Windows& win, int64_t activation, const at::Tensor* residual, const at::Tensor& out) {
+  if (out.numel() == 0) return;
   dispatch_storage(input.scalar_type(), [&](auto storage, auto compute) {
     using S = decltype(storage);
     using T = decltype(compute);
@@ -257,6 +253,7 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std:
     if (residual) {
       rv = view_of<S>(*residual);
       epi.residual = &rv;
+      epi.residual_is_output = residual->is_same(out);
     }
     const Operand<T> wo = w.operand();
     if (run_narrow<T, S>(xv, wo, b.data(), win, yv, epi)) return;
@@ -265,7 +262,36 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std:
     }
     Forward<T, S>(xv, wo, b.data(), win, yv, epi).run();
   });
+}
+
+void check_residual(const at::Tensor& input, const at::Tensor& residual, at::IntArrayRef shape) {
+  TORCH_CHECK(residual.sizes() == shape && residual.scalar_type() == input.scalar_type() && residual.is_cpu(),
+              "scc_native: the residual must be a CPU tensor of the output's shape ", shape, " and dtype ",
+              input.scalar_type(), ", got ", residual.sizes(), " ", residual.scalar_type());
+}
+
+}  // namespace
+
+at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                   const at::Tensor& table, bool channels_last, int64_t activation,
+                   const std::optional<at::Tensor>& residual) {
+  check_operands(input, weight, bias ? &*bias : nullptr);
+  const Windows win = parse_windows(table, input.size(1), weight.size(0), weight.size(1));
+  TORCH_CHECK(activation >= kNone && activation <= kGelu, "scc_native: unknown activation code ", activation);
+  at::Tensor out = empty_like_layout(input, weight.size(0), channels_last);
+  if (residual) check_residual(input, *residual, out.sizes());
+  forward_into(input, weight, bias, win, activation, residual ? &*residual : nullptr, out);
   return out;
+}
+
+void forward_(const at::Tensor& residual, const at::Tensor& input, const at::Tensor& weight,
+              const std::optional<at::Tensor>& bias, const at::Tensor& table, int64_t activation) {
+  check_operands(input, weight, bias ? &*bias : nullptr);
+  const Windows win = parse_windows(table, input.size(1), weight.size(0), weight.size(1));
+  TORCH_CHECK(activation >= kNone && activation <= kGelu, "scc_native: unknown activation code ", activation);
+  check_residual(input, residual, {input.size(0), weight.size(0), input.size(2), input.size(3)});
+  TORCH_CHECK(residual.data_ptr() != input.data_ptr(), "scc_native: forward_ cannot write its output over its input");
+  forward_into(input, weight, bias, win, activation, &residual, residual);
 }
 
 }  // namespace scc_native

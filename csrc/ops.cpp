@@ -22,6 +22,9 @@ TORCH_LIBRARY(scc_native, m) {
       "forward(Tensor input, Tensor weight, Tensor? bias, Tensor windows, bool channels_last, int activation, "
       "Tensor? residual) -> Tensor");
   m.def(
+      "forward_(Tensor(a!) residual, Tensor input, Tensor weight, Tensor? bias, Tensor windows, int activation) "
+      "-> ()");
+  m.def(
       "backward(Tensor grad_output, Tensor input, Tensor weight, Tensor windows, bool channels_last, "
       "bool input_grad, bool weight_grad) -> (Tensor, Tensor)");
   m.def("info() -> str", &info);
@@ -29,6 +32,7 @@ TORCH_LIBRARY(scc_native, m) {
 
 TORCH_LIBRARY_IMPL(scc_native, CPU, m) {
   m.impl("forward", &forward);
+  m.impl("forward_", &forward_);
   m.impl("backward", &backward);
 }
 

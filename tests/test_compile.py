@@ -15,13 +15,16 @@ from torch import nn
 from torch._inductor.utils import run_and_get_code
 
 import scc_convert
-from scc_convert import SCCConv2d, optimize_for_inference
+from scc_convert import FusedSCCConv2d, SCCConv2d, optimize_for_inference
 from scc_convert.convert import recalibrate_batchnorm
 from scc_convert.ops import inductor, native
 
 needs_kernel = pytest.mark.skipif(not native.status()["available"], reason="native CPU kernel unavailable")
 NATIVE_CALL = re.compile(r"torch\.ops\.scc_native\.forward\.default\((\w+), [^\n]*?, (\w+), (True|False), (\d), (\w+)\)")
-OP_CALL = re.compile(r"torch\.ops\.scc\.scc_conv2d(_fused)?\.default\(")
+OP_CALL = re.compile(r"torch\.ops\.scc\.scc_conv2d(_fused_?)?\.default\(")
+# The in-place form (residual, input, weight, bias, table, activation): a residual layer whose
+# residual is not read afterwards writes its output over it.
+INPLACE_CALL = re.compile(r"torch\.ops\.scc_native\.forward_\.default\((\w+), (\w+), [^\n]*?, (\d)\)")
 
 
 @pytest.fixture
@@ -125,9 +128,10 @@ def test_optimized_mobilenet_v2_compiles_to_fused_native_calls(freezing):
     out, code = _compiled_code(fast, x)
     with torch.no_grad():
         torch.testing.assert_close(out, small(x), atol=2e-4, rtol=1e-4)
-    calls = NATIVE_CALL.findall(code)
-    assert len(calls) == 34 and not OP_CALL.search(code)
-    assert sum(c[3] == "2" for c in calls) == 17 and sum(c[4] != "None" for c in calls) == 10
+    calls, inplace = NATIVE_CALL.findall(code), INPLACE_CALL.findall(code)
+    assert len(calls) == 24 and len(inplace) == 10 and not OP_CALL.search(code)
+    # the 17 expansions with ReLU6; the 10 residual adds each write over their dead residual
+    assert sum(c[3] == "2" for c in calls) == 17 and all(c[4] == "None" for c in calls)
     assert all(c[2] == "True" for c in calls), "every SCC layer reads inductor's channels_last activations"
 
 
@@ -147,9 +151,57 @@ def test_optimized_efficientnet_b0_compiles_to_fused_native_calls(freezing):
     with torch.no_grad():
         want = small(x)
     torch.testing.assert_close(out, want, atol=2e-4 * want.abs().max().item(), rtol=1e-4)
-    calls = NATIVE_CALL.findall(code)
-    assert len(calls) == n_scc > 0 and not OP_CALL.search(code)
+    calls, inplace = NATIVE_CALL.findall(code), INPLACE_CALL.findall(code)
+    assert len(calls) + len(inplace) == n_scc > 0 and len(inplace) > 0 and not OP_CALL.search(code)
     assert sum(c[3] == "4" for c in calls) > 0, "SiLU of the expansion layers in the epilogue"
+
+
+class _ResidualBlock(nn.Module):
+    """One SCC layer makes the residual, a second adds it; ``keep`` also returns the residual
+    (then it is read after the second call and must not be overwritten). (A residual from a
+    oneDNN conv under freezing has other strides in the graph's metadata than the SCC output,
+    and is left alone.)"""
+
+    def __init__(self, keep: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.keep = keep
+        self.pre = FusedSCCConv2d(16, 32, cg=4, co=0.5, activation="relu")
+        self.scc = FusedSCCConv2d(16, 32, cg=4, co=0.5, activation="relu", residual=True)
+
+    def forward(self, x):
+        r = self.pre(x)
+        out = self.scc(x, r)
+        return (out, r) if self.keep else out
+
+
+@needs_kernel
+@pytest.mark.parametrize("freezing", [False, True], indirect=True, ids=["params", "freezing"])
+@pytest.mark.parametrize("keep", [False, True], ids=["dead residual", "live residual"])
+def test_a_dead_residual_is_overwritten_in_place_and_a_live_one_is_not(freezing, keep):
+    block = _ResidualBlock(keep).eval()
+    x = torch.randn(2, 16, 9, 9)
+    out, code = _compiled_code(block, x)
+    with torch.no_grad():
+        want = block(x)
+    for got, ref in zip(out if keep else (out,), want if keep else (want,)):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert len(INPLACE_CALL.findall(code)) == (0 if keep else 1), code
+    assert len(NATIVE_CALL.findall(code)) == (2 if keep else 1), code
+
+
+@needs_kernel
+def test_a_residual_that_is_a_graph_input_is_left_alone():
+    layer = FusedSCCConv2d(16, 32, cg=4, co=0.5, activation="relu", residual=True).eval()
+    x, r = torch.randn(2, 16, 9, 9), torch.randn(2, 32, 9, 9)
+    saved = r.clone()
+    compiled = torch.compile(layer, fullgraph=True)
+    with torch.no_grad():
+        out, codes = run_and_get_code(compiled, x, r)
+        want = layer(x, r)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(r, saved), "the caller's residual was overwritten"
+    assert not INPLACE_CALL.search("\n".join(codes))
 
 
 def test_without_the_native_kernel_the_graph_calls_the_op():

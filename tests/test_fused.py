@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from reference import scc_reference
 from scc_convert.ops import native, scc_conv2d_fused_call, scc_conv2d_fused_op
+from scc_convert.ops.fused import scc_conv2d_fused_inplace_op
 from scc_convert.ops.epilogue import ACTIVATIONS
 
 TORCH = {"none": lambda t: t, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish, "silu": F.silu,
@@ -103,6 +104,21 @@ def test_nan_propagates_through_every_activation(cpu_backend):
     for activation in ACTIVATIONS:
         y = scc_conv2d_fused_op(x, weight, bias, 4, 0.5, None, activation, residual)
         assert y[0, 3, 1, 2].isnan() and y.isnan().sum() == 1, activation
+
+
+@pytest.mark.parametrize("layout,residual_layout", [("nchw", "nchw"), ("channels_last", "channels_last"),
+                                                     ("channels_last", "nchw")])
+def test_in_place_form_writes_the_result_over_the_residual(cpu_backend, layout, residual_layout):
+    """``scc_conv2d_fused_`` (what compiled residual blocks call when the residual is dead
+    afterwards) gives the functional op's result, in the residual's own storage and strides."""
+    x, weight, bias, residual = _case(2, 16, 24, 4, 5, 7, torch.float32, layout, residual_layout)
+    want = scc_conv2d_fused_op(x, weight, bias, 4, 0.5, None, "relu", residual)
+    target = residual.clone()
+    ptr, strides = target.data_ptr(), target.stride()
+    assert scc_conv2d_fused_inplace_op(target, x, weight, bias, 4, 0.5, None, "relu") is None
+    assert target.data_ptr() == ptr and target.stride() == strides
+    torch.testing.assert_close(target, want, atol=1e-6, rtol=0)
+    torch.library.opcheck(scc_conv2d_fused_inplace_op, (residual.clone(), x, weight, bias, 4, 0.5, None, "silu"))
 
 
 def test_opcheck_and_fake_kernel():

@@ -184,6 +184,35 @@ def test_channels_last_output_too_large_for_the_caches_is_streamed_correctly(cin
 
 
 @needs_kernel
+@pytest.mark.parametrize("n,cin,cout,cg,co,h", [
+    (2, 16, 80, 4, 0.5, 9),  # channels_last: the narrow kernel
+    (2, 64, 256, 4, 0.5, 7),  # channels_last: window by window
+    (2, 96, 96, 2, 0.25, 9),  # channels_last: the transposing tiles
+    (3, 512, 256, 4, 0.5, 13),  # NCHW in place, and 128+-channel windows
+    (1, 24, 20, 4, 0.5, 7),  # NCHW, images cut across
+])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_forward_in_place_writes_the_functional_result_over_the_residual(n, cin, cout, cg, co, h, layout, dtype):
+    """scc_native::forward_ (what compiled residual blocks call) is the functional forward with
+    the same residual, bit for bit, on every path: where the output is written in place the
+    tiles' kernel reads the residual before it overwrites it."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    gen = torch.Generator().manual_seed(cin + h)
+    x = torch.randn(n, cin, h, h, generator=gen).to(dtype).contiguous(memory_format=fmt)
+    weight = torch.randn(cout, cin // cg, generator=gen).to(dtype)
+    bias = torch.randn(cout, generator=gen).to(dtype)
+    residual = torch.randn(n, cout, h, h, generator=gen).to(dtype).contiguous(memory_format=fmt)
+    want = native.scc_forward(x, weight, bias, cg, co, None, "relu", residual)
+    got = residual.clone()
+    assert native.scc_forward_(x, weight, bias, cg, co, None, "relu", got) is got
+    assert torch.equal(got, want)
+    with pytest.raises(RuntimeError, match="cannot write its output over its input"):
+        square = torch.randn(n, cin, h, h).to(dtype)
+        native.scc_forward_(square, torch.randn(cin, cin // cg).to(dtype), None, cg, co, None, "relu", square)
+
+
+@needs_kernel
 def test_noncontiguous_grad_output_and_custom_window_of():
     x = torch.randn(2, 16, 6, 10, dtype=torch.float64)
     window_of = [o % 8 for o in range(24)][::-1]

@@ -41,7 +41,7 @@ from . import common, epilogue
 from .native_build import SOURCES as _SOURCES
 from .native_build import compile_flags
 
-__all__ = ["status", "cpu_backend", "build", "use_backend", "BuildError", "scc_forward", "scc_backward", "window_table",
+__all__ = ["status", "cpu_backend", "build", "use_backend", "BuildError", "scc_forward", "scc_forward_", "scc_backward", "window_table",
            "library_path", "SUPPORTED_DTYPES"]
 
 log = logging.getLogger("scc_convert")
@@ -312,6 +312,17 @@ def scc_forward(input: Tensor, weight: Tensor, bias: Tensor | None, cg: int, co:
     )
 
 
+def scc_forward_(input: Tensor, weight: Tensor, bias: Tensor | None, cg: int, co: float,
+                 window_of: Sequence[int] | None, activation: str, residual: Tensor) -> Tensor:
+    """:func:`scc_forward` with the result written over ``residual`` (returned)."""
+    _require()
+    geom = common.geometry_for(input, weight, cg, co)
+    torch.ops.scc_native.forward_.default(
+        residual, input, weight, bias, window_table(geom, window_of), epilogue.activation_code(activation),
+    )
+    return residual
+
+
 def scc_backward(grad_output: Tensor, input: Tensor, weight: Tensor, cg: int, co: float,
              window_of: Sequence[int] | None, input_grad: bool, weight_grad: bool) -> tuple[Tensor, Tensor]:
     """The SCC backward on the native kernel (the contract of ``torch_path.scc_backward``)."""
@@ -338,8 +349,13 @@ def _backward_fake(grad_output, input, weight, windows, channels_last, input_gra
     return grad_input, grad_weight
 
 
+def _forward_inplace_fake(residual, input, weight, bias, windows, activation):
+    return None
+
+
 def _register_fakes() -> None:
-    """Fake kernels for ``scc_native::forward`` / ``backward``, registered when the kernel
-    is loaded: the compiled graphs of ``ops/inductor.py`` call these ops directly."""
+    """Fake kernels for ``scc_native::forward`` / ``forward_`` / ``backward``, registered when
+    the kernel is loaded: the compiled graphs of ``ops/inductor.py`` call these ops directly."""
     torch.library.register_fake("scc_native::forward", _forward_fake)
+    torch.library.register_fake("scc_native::forward_", _forward_inplace_fake)
     torch.library.register_fake("scc_native::backward", _backward_fake)
