@@ -264,6 +264,14 @@ void forward_into(const at::Tensor& input, const at::Tensor& weight, const std::
   });
 }
 
+// What both entry points check first; the layer's window table.
+Windows checked_call(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                     const at::Tensor& table, int64_t activation) {
+  check_operands(input, weight, bias ? &*bias : nullptr);
+  TORCH_CHECK(activation >= kNone && activation <= kGelu, "scc_native: unknown activation code ", activation);
+  return parse_windows(table, input.size(1), weight.size(0), weight.size(1));
+}
+
 void check_residual(const at::Tensor& input, const at::Tensor& residual, at::IntArrayRef shape) {
   TORCH_CHECK(residual.sizes() == shape && residual.scalar_type() == input.scalar_type() && residual.is_cpu(),
               "scc_native: the residual must be a CPU tensor of the output's shape ", shape, " and dtype ",
@@ -275,9 +283,7 @@ void check_residual(const at::Tensor& input, const at::Tensor& residual, at::Int
 at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                    const at::Tensor& table, bool channels_last, int64_t activation,
                    const std::optional<at::Tensor>& residual) {
-  check_operands(input, weight, bias ? &*bias : nullptr);
-  const Windows win = parse_windows(table, input.size(1), weight.size(0), weight.size(1));
-  TORCH_CHECK(activation >= kNone && activation <= kGelu, "scc_native: unknown activation code ", activation);
+  const Windows win = checked_call(input, weight, bias, table, activation);
   at::Tensor out = empty_like_layout(input, weight.size(0), channels_last);
   if (residual) check_residual(input, *residual, out.sizes());
   forward_into(input, weight, bias, win, activation, residual ? &*residual : nullptr, out);
@@ -286,9 +292,7 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std:
 
 void forward_(const at::Tensor& residual, const at::Tensor& input, const at::Tensor& weight,
               const std::optional<at::Tensor>& bias, const at::Tensor& table, int64_t activation) {
-  check_operands(input, weight, bias ? &*bias : nullptr);
-  const Windows win = parse_windows(table, input.size(1), weight.size(0), weight.size(1));
-  TORCH_CHECK(activation >= kNone && activation <= kGelu, "scc_native: unknown activation code ", activation);
+  const Windows win = checked_call(input, weight, bias, table, activation);
   check_residual(input, residual, {input.size(0), weight.size(0), input.size(2), input.size(3)});
   TORCH_CHECK(residual.data_ptr() != input.data_ptr(), "scc_native: forward_ cannot write its output over its input");
   forward_into(input, weight, bias, win, activation, &residual, residual);

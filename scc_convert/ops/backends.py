@@ -22,8 +22,8 @@ import torch
 
 from . import epilogue, native, torch_path
 
-__all__ = ["cuda_backend", "cuda_forward", "cuda_backward", "cuda_forward_fused", "cpu_forward", "cpu_backward",
-           "cpu_forward_fused", "describe"]
+__all__ = ["cuda_backend", "cuda_forward", "cuda_backward", "cuda_forward_fused", "cuda_forward_fused_", "cpu_forward",
+           "cpu_backward", "cpu_forward_fused", "cpu_forward_fused_", "describe"]
 
 _CUDA_ENV = "SCC_CONVERT_CUDA_BACKEND"
 
@@ -108,6 +108,21 @@ def cpu_forward_fused(input, weight, bias, cg, co, window_of, activation, residu
     if _cpu_impl(input.dtype) is native:
         return native.scc_forward(input, weight, bias, cg, co, window_of, activation, residual)
     return _torch_path_fused(input, weight, bias, cg, co, window_of, activation, residual)
+
+
+def cpu_forward_fused_(residual, input, weight, bias, cg, co, window_of, activation):
+    """The CPU kernel of ``scc::scc_conv2d_fused_``: the fused result written over ``residual``
+    (by the native kernel itself, else copied there from the PyTorch path's)."""
+    epilogue.check_call(input, weight, activation, residual)
+    if _cpu_impl(input.dtype) is native:
+        native.scc_forward_(input, weight, bias, cg, co, window_of, activation, residual)
+    else:
+        residual.copy_(_torch_path_fused(input, weight, bias, cg, co, window_of, activation, residual))
+
+
+def cuda_forward_fused_(residual, input, weight, bias, cg, co, window_of, activation):
+    """The CUDA kernel of ``scc::scc_conv2d_fused_``."""
+    residual.copy_(cuda_forward_fused(input, weight, bias, cg, co, window_of, activation, residual))
 
 
 def _cpu() -> dict:

@@ -13,9 +13,10 @@ back to the PyTorch path. It is an inference op: it has no autograd formula, so 
 tensors that require grad raises.
 
 ``torch.ops.scc.scc_conv2d_fused_(residual, input, ...)`` is its in-place form: the result
-written over ``residual`` (it returns nothing). Nothing in eager mode calls it; inductor's reinplacing pass turns a
-fused call into it where the residual is not used afterwards (``ops/inductor.py``), as it does
-for oneDNN's conv + add, so a compiled residual block writes no new output tensor.
+written over ``residual`` (it returns nothing). Nothing in eager mode calls it; a post-grad
+pass of ours in inductor (``ops/inductor.py``) turns a fused call into it where the residual is
+not read afterwards, as oneDNN's conv + add writes in place, so a compiled residual block
+allocates no new output tensor.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from . import backends, epilogue, library, native, torch_path
+from . import backends, epilogue, library, torch_path
 
 __all__ = ["scc_conv2d_fused_op", "scc_conv2d_fused_inplace_op", "scc_conv2d_fused_call"]
 
@@ -64,18 +65,6 @@ _INPLACE_SCHEMA = (  # returns nothing: inductor calls a mutating op whose outpu
 )
 
 
-def _inplace_cpu(residual, input, weight, bias, cg, co, window_of, activation):
-    epilogue.check_call(input, weight, activation, residual)
-    if input.dtype in native.SUPPORTED_DTYPES and native.cpu_backend() == "native":
-        native.scc_forward_(input, weight, bias, cg, co, window_of, activation, residual)
-    else:
-        residual.copy_(backends.cpu_forward_fused(input, weight, bias, cg, co, window_of, activation, residual))
-
-
-def _inplace_cuda(residual, input, weight, bias, cg, co, window_of, activation):
-    residual.copy_(backends.cuda_forward_fused(input, weight, bias, cg, co, window_of, activation, residual))
-
-
 def _inplace_fake(residual, input, weight, bias, cg, co, window_of, activation):
     _fake(input, weight, bias, cg, co, window_of, activation, residual)
 
@@ -88,8 +77,8 @@ def _inplace_flop(residual_shape, input_shape, weight_shape, bias_shape, cg, co,
 def _register_inplace() -> None:
     name = f"{library._NS}::scc_conv2d_fused_"
     torch.library.define(name, _INPLACE_SCHEMA)
-    torch.library.impl(name, "cpu")(_inplace_cpu)
-    torch.library.impl(name, "cuda")(_inplace_cuda)
+    torch.library.impl(name, "cpu")(backends.cpu_forward_fused_)
+    torch.library.impl(name, "cuda")(backends.cuda_forward_fused_)
     torch.library.register_fake(name)(_inplace_fake)
     register_flop_formula(torch.ops.scc.scc_conv2d_fused_)(_inplace_flop)
 
