@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "output_cache.h"
 #include "tiles.h"
 #include "windows.h"
 
@@ -137,10 +138,11 @@ inline void check_operands(const at::Tensor& input, const at::Tensor& weight, co
   }
 }
 
+// An output (or input gradient) of the kernels: [N, channels, H, W] like `input`, from the
+// output cache (output_cache.h).
 inline at::Tensor empty_like_layout(const at::Tensor& input, int64_t channels, bool channels_last) {
-  return at::empty({input.size(0), channels, input.size(2), input.size(3)},
-                   input.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast
-                                                               : at::MemoryFormat::Contiguous));
+  return empty_output({input.size(0), channels, input.size(2), input.size(3)}, input.options(),
+                      channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
 }
 
 }  // namespace scc_native

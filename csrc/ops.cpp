@@ -7,6 +7,7 @@
 #include <string>
 
 #include "drivers.h"
+#include "output_cache.h"
 
 namespace scc_native {
 namespace {
@@ -28,6 +29,8 @@ TORCH_LIBRARY(scc_native, m) {
       "backward(Tensor grad_output, Tensor input, Tensor weight, Tensor windows, bool channels_last, "
       "bool input_grad, bool weight_grad) -> (Tensor, Tensor)");
   m.def("info() -> str", &info);
+  // The output cache's limit (bytes; negative leaves it) -> [limit, cached bytes, hits, misses].
+  m.def("output_cache(int limit) -> int[]", &output_cache_limit);
 }
 
 TORCH_LIBRARY_IMPL(scc_native, CPU, m) {

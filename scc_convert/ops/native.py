@@ -42,7 +42,7 @@ from .native_build import SOURCES as _SOURCES
 from .native_build import compile_flags
 
 __all__ = ["status", "cpu_backend", "build", "use_backend", "BuildError", "scc_forward", "scc_forward_", "scc_backward", "window_table",
-           "library_path", "SUPPORTED_DTYPES"]
+           "library_path", "output_cache", "SUPPORTED_DTYPES"]
 
 log = logging.getLogger("scc_convert")
 
@@ -331,6 +331,31 @@ def scc_backward(grad_output: Tensor, input: Tensor, weight: Tensor, cg: int, co
     return torch.ops.scc_native.backward.default(
         grad_output, input, weight, window_table(geom, window_of), _channels_last(input), input_grad, weight_grad
     )
+
+
+def output_cache(limit_mb: float | None = None) -> dict[str, int]:
+    """The native kernel's cache of output memory (``csrc/output_cache.h``): its state, after
+    setting its limit to ``limit_mb`` megabytes when given (0 turns it off and frees what it
+    holds; the default limit is 512, or ``$SCC_CONVERT_OUTPUT_CACHE_MB``).
+
+    Outputs (and input gradients) of at least 1 MB are taken from blocks the kernel's earlier
+    outputs freed, so a model run again does not page-fault its large outputs in anew (with
+    glibc's malloc, every block over 32 MB is mapped and unmapped per call).
+
+    Returns ``{"limit_bytes", "cached_bytes", "hits", "misses"}`` (hits and misses count the
+    requests of at least 1 MB since the process started).
+
+    Example:
+        >>> from scc_convert.ops import native
+        >>> sorted(native.output_cache())  # doctest: +SKIP
+        ['cached_bytes', 'hits', 'limit_bytes', 'misses']
+    """
+    _require()
+    if limit_mb is not None and not limit_mb >= 0:
+        raise ValueError(f"output_cache: limit_mb={limit_mb!r} must be >= 0")
+    limit = -1 if limit_mb is None else int(limit_mb * 2**20)
+    values = torch.ops.scc_native.output_cache.default(limit)
+    return dict(zip(("limit_bytes", "cached_bytes", "hits", "misses"), (int(v) for v in values)))
 
 
 # -- fake kernels of the private ops (torch.compile and AOTInductor call them directly) ----
