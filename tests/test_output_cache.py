@@ -122,3 +122,11 @@ def test_the_environment_sets_the_limit_and_a_bad_value_is_an_error():
 def test_a_negative_limit_is_refused():
     with pytest.raises(ValueError, match="limit_mb=-1 must be >= 0"):
         native.output_cache(-1)
+
+
+@pytest.mark.skipif(not available or native.cpu_backend() != "native", reason="CPU tensors run the PyTorch path")
+def test_info_names_the_cache_limit(cache):
+    from scc_convert.ops import backends
+
+    native.output_cache(64)
+    assert "output cache 64 MB" in backends.describe()["implementations"]["cpu"]["detail"]

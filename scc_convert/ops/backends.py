@@ -129,7 +129,9 @@ def _cpu() -> dict:
     status = native.status()
     backend = native.cpu_backend()
     if backend == "native":
-        return {"implementation": "native", "detail": f"native C++ kernel ({status.get('source')})"}
+        limit = native.output_cache()["limit_bytes"] / 2**20
+        return {"implementation": "native",
+                "detail": f"native C++ kernel ({status.get('source')}; output cache {limit:g} MB)"}
     why = status.get("reason") or "not selected"
     return {"implementation": "torch", "detail": f"PyTorch path (native kernel: {why})"}
 
