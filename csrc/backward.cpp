@@ -22,11 +22,6 @@ namespace {
 // Pixels per block: the block's rows of all tensors in about this many bytes (L2).
 constexpr int64_t kBlockBytes = 512 * 1024;
 constexpr int64_t kMaxBlock = 1024;
-// Work (multiply-adds) below which a thread is not worth waking (see forward.cpp).
-constexpr int64_t kParallelMacs = 1 << 19;
-// At most this many partial weight gradients, of at most this many bytes together.
-constexpr int64_t kMaxChunks = 16;
-constexpr int64_t kPartialBytes = 64 << 20;
 // Depth block of the input gradient's sum over a window's outputs (see forward.cpp).
 constexpr int64_t kPanelBytes = 24 * 1024;
 
@@ -94,10 +89,7 @@ struct Backward {
     for (int64_t c = 0; c < cin; ++c)
       if (!reached[c]) unread.push_back(c);
 
-    const int64_t chunks = weight_grad ? std::clamp<int64_t>(
-                                             std::min(kMaxChunks, kPartialBytes / (cout * gw * int64_t(sizeof(T)))), 1,
-                                             blocks.count)
-                                       : blocks.count;
+    const int64_t chunks = weight_grad ? partial_chunks<T>(cout, gw, blocks.count) : blocks.count;
     partial.assign(weight_grad ? chunks * cout * gw : 0, T(0));
     const size_t scratch_elems = size_t((cout + 2 * cin) * ld);
 

@@ -32,9 +32,6 @@ constexpr int64_t kWeightBytes = 24 * 1024;  // a depth block of the vectors one
 constexpr int64_t kBlockBytes = 256 * 1024;  // a pixel block's rows of gy, x and gx (L2)
 constexpr int64_t kMaxBlock = 1024;
 constexpr int64_t kMinBlocks = 8;           // blocks at least (so threads have work), independent of threads
-constexpr int64_t kParallelMacs = 1 << 19;  // work below which a thread is not worth waking
-constexpr int64_t kMaxChunks = 16;          // at most this many partial weight gradients,
-constexpr int64_t kPartialBytes = 64 << 20;  // of at most this many bytes together
 
 // NCHW layers whose gradients run here rather than on the tiles (which read NCHW in place;
 // here every block is copied). Paired runs against the tiles, one thread, batch 16-32: the
@@ -95,10 +92,7 @@ WindowBackward run_window_backward(const View<T>& gy, const View<T>& x, const Op
   const PixelParts blocks(x.n, hw, block, L, nchw);
   block = blocks.block;
   const int64_t count = blocks.count;
-  const int64_t chunks =
-      weight_grad ? std::clamp<int64_t>(std::min(kMaxChunks, kPartialBytes / (cout * gw * int64_t(sizeof(T)))), 1,
-                                        count)
-                  : count;
+  const int64_t chunks = weight_grad ? partial_chunks<T>(cout, gw, count) : count;
   std::vector<T> partial(size_t(weight_grad ? chunks * cout * gw : 0), T(0));
   std::vector<int64_t> pix_col(block);  // the weight gradient's depth runs over pixels
   for (int64_t p = 0; p < block; ++p) pix_col[p] = p * ldd;

@@ -105,13 +105,29 @@ template <typename T>
 WindowBackward run_window_backward(const View<T>& gy, const View<T>& x, const Operand<T>& weight,
                                    const Windows& win, const View<T>* gx, T* weight_grad);
 
+// Work (multiply-adds) below which a thread is not worth waking: small layers run serially.
+constexpr int64_t kParallelMacs = 1 << 19;
+// Outputs this large are stored past the caches (streaming stores).
+constexpr int64_t kStreamBytes = 16 << 20;
+
+// The backwards keep at most this many partial weight gradients, of at most 64 MB together.
+constexpr int64_t kMaxChunks = 16;
+
+// How many partial weight gradients the backwards keep for `count` pixel blocks (cut by problem
+// size only, never by thread count, so the sums are the same bits for any thread count).
+template <typename T>
+int64_t partial_chunks(int64_t cout, int64_t gw, int64_t count) {
+  constexpr int64_t kPartialBytes = 64 << 20;
+  return std::clamp<int64_t>(std::min(kMaxChunks, kPartialBytes / (cout * gw * int64_t(sizeof(T)))), 1, count);
+}
+
 // The weight gradient from per-chunk partials in window order (partial[c * cout * gw + i * gw
 // + k]: chunk c's sum for output win.outputs[i], column k), summed in chunk order: the same bits
 // for any thread count.
 template <typename T>
 void sum_partials(const std::vector<T>& partial, int64_t chunks, const Windows& win, int64_t cout, int64_t gw,
                   T* weight_grad) {
-  const int64_t grain = std::max<int64_t>(16, (int64_t(1) << 19) / (chunks * gw));  // rows per task
+  const int64_t grain = std::max<int64_t>(16, kParallelMacs / (chunks * gw));  // rows per task
   at::parallel_for(0, cout, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       T* dst = weight_grad + win.outputs[i] * gw;

@@ -26,9 +26,6 @@ constexpr int64_t kInputTileBytes = 192 * 1024;
 // step in about this many bytes (L1).
 constexpr int64_t kPanelBytes = 24 * 1024;
 constexpr int64_t kMaxBlock = 1024;
-// Work (multiply-adds) below which a thread is not worth waking: small layers run serially.
-constexpr int64_t kParallelMacs = 1 << 19;
-constexpr int64_t kStreamBytes = 16 << 20;  // outputs this large are stored past the caches
 
 // What the forward does after the sum: add a residual (nullptr: none), then an activation.
 template <typename S>

@@ -26,8 +26,6 @@ namespace {
 constexpr int64_t kWeightBytes = 24 * 1024;   // one depth block of a group's vectors (L1)
 constexpr int64_t kBlockBytes = 192 * 1024;   // a pixel block's input rows, and its buffer (L2)
 constexpr int64_t kMaxBlock = 512;
-constexpr int64_t kParallelMacs = 1 << 19;    // work below which a thread is not worth waking
-constexpr int64_t kStreamBytes = 16 << 20;     // outputs this large are stored past the caches
 // NCHW layers with windows this wide run here too, if their images have this many pixels
 // (paired runs against the tiles' kernel, one thread, batch 16: 1024->256 and 1024->512 at
 // 14x14 1.26x and 1.28x; 256->1024 and 256->256 at 14x14 (gw = 64) 0.81x; at 7x7 2048->512
