@@ -76,7 +76,7 @@ WindowBackward run_window_backward(const View<T>& gy, const View<T>& x, const Op
   // gy in window order: [pixel][cd][ldm], rows an odd number of lines apart.
   const int64_t ldm = Blocks::round_up(Blocks::ceil_div(cout, cd), L), ldd = odd_lines(cd * ldm, L);
   // Weights in window order (row i: output outputs[i]).
-  std::vector<T> wp(size_t(gx ? cout * gw : 0));
+  Aligned<T> wp(static_cast<size_t>(gx ? cout * gw : 0));
   if (gx)
     for (int64_t i = 0; i < cout; ++i)
       for (int64_t c = 0; c < gw; ++c) wp[size_t(i * gw + c)] = weight.data[win.outputs[i] * weight.s0 + c * weight.s1];

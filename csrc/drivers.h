@@ -94,6 +94,12 @@ template <typename T>
 bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, const Windows& win,
                      const View<T>& y, Activation activation, const View<T>* residual);
 
+// The channels_last forward with stacked rows (forward_last.cpp), for T = S = float or double:
+// false (nothing written) when the layer does not suit it (strides, output assignment, cd).
+template <typename T>
+bool run_stacked_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, const Windows& win,
+                      const View<T>& y, Activation activation, const View<T>* residual);
+
 // The backward window by window (backward_last.cpp), for T = S = float or double: which of the
 // asked-for gradients it computed (none when the layer does not suit it: strides, widths,
 // windows; in NCHW, the gradients for which the tiles are faster).

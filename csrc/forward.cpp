@@ -9,7 +9,8 @@
 // cache; the residual is read in place where the output is, else packed like the input.
 //
 // fp32/fp64 layers go first to the narrow kernel (channels_last, few input channels), then to
-// the window-by-window kernel (forward_last.cpp: the paper's output assignment, enough
+// the stacked kernel (forward_last.cpp: channels_last expansions with the paper's output
+// assignment), then to the window-by-window kernel (forward_last.cpp: that assignment, enough
 // outputs per window; channels_last, or NCHW with deep windows); this driver takes the rest.
 #include "drivers.h"
 
@@ -187,7 +188,7 @@ bool run_narrow(const View<S>& x, const Operand<T>& weight, const T* bias, const
     const int64_t rs = epi.residual ? uniform_pixel_step(*epi.residual) : 0;
     if (!k.narrow || x.c > k.narrow_cin || x.c < 2 || !xs || !ys || (epi.residual && !rs)) return false;
     const int64_t cout = y.c, gw = win.width, ldo = Blocks::round_up(cout, k.lanes);
-    std::vector<T> wt(gw * ldo, T(0)), b(ldo, T(0));
+    Aligned<T> wt(static_cast<size_t>(gw * ldo)), b(static_cast<size_t>(ldo));
     std::vector<int32_t> index(gw * ldo, 0);
     for (int64_t w = 0; w < win.count; ++w) {
       for (int64_t i = win.offsets[w]; i < win.offsets[w + 1]; ++i) {
@@ -198,7 +199,7 @@ bool run_narrow(const View<S>& x, const Operand<T>& weight, const T* bias, const
         }
       }
     }
-    if (bias) std::copy(bias, bias + cout, b.begin());
+    if (bias) std::copy(bias, bias + cout, b.data());
     NarrowArgs<T> a{};
     a.x_step = xs;
     a.y_step = ys;
@@ -255,6 +256,7 @@ void forward_into(const at::Tensor& input, const at::Tensor& weight, const std::
     const Operand<T> wo = w.operand();
     if (run_narrow<T, S>(xv, wo, b.data(), win, yv, epi)) return;
     if constexpr (std::is_same_v<T, S>) {
+      if (run_stacked_gemm<T>(xv, wo, b.data(), win, yv, epi.activation, epi.residual)) return;
       if (run_window_gemm<T>(xv, wo, b.data(), win, yv, epi.activation, epi.residual)) return;
     }
     Forward<T, S>(xv, wo, b.data(), win, yv, epi).run();

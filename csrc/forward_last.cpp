@@ -14,6 +14,10 @@
 // window: cd * group * L consecutive channels, their buffer in L2), per window and depth block,
 // the group's weights (depth x group vectors) stay in L1 while the block's pixels stream past;
 // earlier depth blocks' partial sums wait in the buffer.
+//
+// Also here: the stacked kernel for channels_last expansions (run_stacked_gemm below), which
+// computes vectors of consecutive outputs of several windows at once from a per-pixel copy of
+// the window channels, and so writes output order straight from registers.
 #include "drivers.h"
 
 #include <ATen/Parallel.h>
@@ -32,6 +36,14 @@ constexpr int64_t kMaxBlock = 512;
 // 1.04x, 512->2048, 960->320, 160->960, 320->1280 0.81-0.92x; 512->256 at 28x28 0.73x)
 constexpr int64_t kNchwDepth = 128;
 constexpr int64_t kNchwPixels[2] = {128, 256};
+// The stacked kernel takes layers with at least this many outputs per input channel.
+constexpr int64_t kStackedExpansion = 2;
+// It stores outputs this large past the caches: its vector blocks write each pixel's outputs
+// in several strided passes, which the write-allocate misses of a cold output make slow
+// (grouped/SCC, one thread, batch 16, the PyTorch path run between calls to evict the caches,
+// streaming from 16 MB -> from 1 MB, two runs: 64->384 14x14 0.45 -> 0.91, 96->576 0.50 -> 0.75,
+// 256->1024 0.56 -> 0.88, 128->512 28x28 0.88 -> 1.00, 512->2048 7x7 0.61 -> 0.82).
+constexpr int64_t kStackedStreamBytes = 1 << 20;
 
 }  // namespace
 
@@ -62,7 +74,7 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
   // Weights per window and group [gw][ldw], contiguous (row k: weight column k of outputs
   // j * cd + w for the group's j), so a depth block of them is one run in L1; bias per window
   // [ldt]. Padding lanes get zeros.
-  std::vector<T> wt(size_t(cd * groups * gw * ldw), T(0)), b(size_t(cd * ldt), T(0));
+  Aligned<T> wt(static_cast<size_t>(cd * groups * gw * ldw)), b(static_cast<size_t>(cd * ldt));
   for (int64_t w = 0; w < cd; ++w)
     for (int64_t j = 0; j * cd + w < cout; ++j) {
       const int64_t o = j * cd + w;
@@ -142,6 +154,106 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
   });
   return true;
 }
+
+// The stacked kernel: channels_last layers with the paper's output assignment, consecutive
+// windows and cd dividing the vector length, any number of outputs per window. Per pixel block,
+// stack() lays each pixel's window channels side by side (weight column k of every window, cd
+// values), then stacked_gemm() computes whole vectors of consecutive outputs, each lane reading
+// its own window's value from one broadcasting load, and stores them in output order with the
+// bias, residual and activation applied in registers: no buffer of window-order outputs.
+template <typename T>
+bool run_stacked_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, const Windows& win,
+                      const View<T>& y, Activation activation, const View<T>* residual) {
+  const Kernels<T>& k = kernels<T>();
+  const int64_t L = k.lanes, cd = win.count, cin = x.c, cout = y.c, gw = win.width;
+  if (!k.stacked_gemm || cd > k.stack_max || L % cd != 0) return false;
+  const int64_t xs = uniform_pixel_step(x), ys = uniform_pixel_step(y);
+  const int64_t rs = residual ? uniform_pixel_step(*residual) : 0;
+  if (!xs || !ys || (residual && !rs) || !win.interleaves() || !win.consecutive(cin)) return false;
+  // Expansions only: stacking costs about cd * gw = cin / (1 - co) copies per pixel whatever cout
+  // is. Paired against the window and tiles kernels (grouped/SCC, one thread, batch 16, cg=4
+  // co=0.5, caches evicted between calls): 64->256 56x56 0.57 -> 0.83, 128->512 28x28 0.77 ->
+  // 1.00, 256->1024 14x14 0.65 -> 0.88, 64->384 0.59 -> 0.91, 96->576 0.50 -> 0.75, 160->960 7x7
+  // 0.67 -> 0.79, 320->1280 0.68 -> 0.70, 512->2048 7x7 0.89 -> 0.82; 64->64 and the
+  // projections 0.63-0.86x of their speed on the other kernels (warm caches).
+  if (cout < kStackedExpansion * cin) return false;
+  const int64_t vectors = Blocks::ceil_div(cout, L), ldo = vectors * L, depth = Blocks::round_up(gw, L);
+  // Weights per output vector [gw][L] (row k: column k of the vector's outputs), each an odd
+  // number of cache lines long; bias [ldo]; zeros past cout.
+  const int64_t w_step = odd_lines(gw * L, L);
+  Aligned<T> wt(static_cast<size_t>(vectors * w_step)), b(static_cast<size_t>(ldo));
+  for (int64_t v = 0; v < vectors; ++v)  // written in order
+    for (int64_t c = 0; c < gw; ++c)
+      for (int64_t o = v * L; o < std::min(cout, v * L + L); ++o)
+        wt[size_t(v * w_step + c * L + o % L)] = weight.data[o * weight.s0 + c * weight.s1];
+  if (bias) std::copy(bias, bias + cout, b.data());
+  std::vector<int64_t> first(static_cast<size_t>(cd));
+  bool wraps = false;  // some window reads past the row's end (a wrapping window, or padding)
+  for (int64_t w = 0; w < cd; ++w) {
+    first[size_t(w)] = win.first(w);
+    wraps |= win.first(w) + depth > cin;
+  }
+  // Depth blocks: one block of weight columns of a register tile's vectors stays in L1.
+  const int64_t span = std::max<int64_t>(16, kWeightBytes / (k.gemm_vectors * L * int64_t(sizeof(T))));
+  const int64_t depth_blocks = Blocks::ceil_div(gw, span), per_block = Blocks::ceil_div(gw, depth_blocks);
+  const int64_t z_step = odd_lines(cd * depth, L), row = wraps ? Blocks::round_up(2 * cin + depth, L) : 0;
+  const int64_t t_step = depth_blocks > 1 ? odd_lines(ldo, L) : 0;
+  const int64_t pixels = x.n * x.h * x.w, threads = at::get_num_threads();
+  int64_t block = std::clamp<int64_t>(kBlockBytes / (z_step * int64_t(sizeof(T))), 8, kMaxBlock);
+  while (block > 8 && Blocks::ceil_div(pixels, block) < 2 * threads) block = Blocks::ceil_div(block, 2);
+  const int64_t count = Blocks::ceil_div(pixels, block);
+  const int64_t grain = std::max<int64_t>(1, kParallelMacs / (block * cout * gw));
+  const bool stream = cout * pixels * int64_t(sizeof(T)) >= kStackedStreamBytes &&
+                      ys * int64_t(sizeof(T)) % 64 == 0 && reinterpret_cast<uintptr_t>(y.data) % 64 == 0;
+  at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
+    T* z = static_cast<T*>(thread_scratch(size_t(block * (z_step + t_step) + row) * sizeof(T)));
+    StackArgs<T> sa{};
+    sa.x_step = xs;
+    sa.cin = cin;
+    sa.first = first.data();
+    sa.windows = cd;
+    sa.depth = gw;
+    sa.z = z;
+    sa.z_step = z_step;
+    sa.row = wraps ? z + block * (z_step + t_step) : nullptr;
+    StackedGemmArgs<T> g{};
+    g.z_step = z_step;
+    g.windows = cd;
+    g.w_step = w_step;
+    g.bias = b.data();
+    g.vectors = vectors;
+    g.t = z + block * z_step;
+    g.t_step = t_step;
+    g.cout = cout;
+    g.y_step = ys;
+    g.r_step = rs;
+    g.activation = activation;
+    g.stream = stream;
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t p0 = c * block, len = std::min(block, pixels - p0);
+      sa.x = x.data + p0 * xs;
+      sa.pixels = len;
+      k.stack(sa);
+      g.y = y.data + p0 * ys;
+      g.r = residual ? residual->data + p0 * rs : nullptr;
+      g.pixels = len;
+      for (int64_t k0 = 0; k0 < gw; k0 += per_block) {
+        g.z = z + k0 * cd;
+        g.w = wt.data() + k0 * L;
+        g.depth = std::min(per_block, gw - k0);
+        g.first = k0 == 0;
+        g.last = k0 + per_block >= gw;
+        k.stacked_gemm(g);
+      }
+    }
+  });
+  return true;
+}
+
+template bool run_stacked_gemm<float>(const View<float>&, const Operand<float>&, const float*, const Windows&,
+                                      const View<float>&, Activation, const View<float>*);
+template bool run_stacked_gemm<double>(const View<double>&, const Operand<double>&, const double*,
+                                       const Windows&, const View<double>&, Activation, const View<double>*);
 
 template bool run_window_gemm<float>(const View<float>&, const Operand<float>&, const float*, const Windows&,
                                      const View<float>&, Activation, const View<float>*);

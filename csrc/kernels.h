@@ -132,6 +132,52 @@ struct DeinterleaveArgs {
   int64_t pixels;
 };
 
+// The channels_last input rows of a block stacked by window, for stacked_gemm():
+//   z[p][k * cd + w] = x[p][(first[w] + k) % cin]   for k < depth rounded up to the vector
+// length, w < cd (cd divides the vector length), with x[p] = x + p * x_step and z[p] = z + p *
+// z_step. `row` is scratch for one row extended cyclically (cin + depth + lanes elements);
+// nullptr when every window's reads stay inside the row (first[w] + depth rounded up <= cin).
+template <typename T>
+struct StackArgs {
+  const T* x;
+  int64_t x_step, cin;
+  const int64_t* first;
+  int64_t windows, depth;
+  T* z;
+  int64_t z_step;
+  T* row;
+  int64_t pixels;
+};
+
+// The forward of a layer with the paper's output assignment and cd dividing the vector length,
+// vectorised along output channels straight into output order: lane l of output vector v is
+// output v * L + l, of window l % cd, so its weight column k reads z[p][k * cd + l % cd] (one
+// load of cd values repeated across the vector):
+//   y[p][o] = act(bias[o] + sum_{k < depth} w[v][k][l] * z[p][k * cd + o % cd] + r[p][o])
+// for o = v * L + l < cout, p < pixels; w[v] = w + v * w_step holds output vector v's weights
+// [depth][L] (zeros past cout), bias is [vectors * L]. The sum may run in depth blocks: the
+// first starts from the bias, the others from the partial sums in t[p] = t + p * t_step
+// ([vectors * L]); all but the last store their sums there, the last stores y.
+template <typename T>
+struct StackedGemmArgs {
+  const T* z;
+  int64_t z_step, windows;
+  const T* w;
+  int64_t w_step;
+  const T* bias;
+  int64_t depth, vectors, cout;
+  T* t;
+  int64_t t_step;
+  bool first, last;
+  T* y;
+  int64_t y_step;
+  const T* r;  // nullptr: no residual
+  int64_t r_step;
+  int64_t pixels;
+  Activation activation;
+  bool stream;  // store whole output vectors past the caches (y aligned to the vector, rows too)
+};
+
 template <typename T>
 struct Kernels {
   const char* isa;
@@ -147,6 +193,9 @@ struct Kernels {
   void (*window_gemm)(const WindowGemmArgs<T>& args);
   void (*interleave)(const InterleaveArgs<T>& args);
   void (*deinterleave)(const DeinterleaveArgs<T>& args);  // takes the same cd as interleave()
+  int stack_max;  // largest cd stack() and stacked_gemm() take (a power of two dividing lanes)
+  void (*stack)(const StackArgs<T>& args);
+  void (*stacked_gemm)(const StackedGemmArgs<T>& args);
   int narrow_cin;  // 0: no narrow kernel for this instruction set and type
   void (*narrow)(const NarrowArgs<T>& args);
   // One lanes x lanes block between pixel-major rows and a channel-major tile:

@@ -20,7 +20,8 @@
 // channels and J weight vectors make R * J multiply-adds. interleave(): those outputs of cd
 // windows back into output order (log2(cd) rounds of zips per cd vectors), with the epilogue.
 // narrow(): channels_last rows of a layer with at most 32 input channels, vectorised along
-// output channels (AVX-512 permutes; see NarrowArgs).
+// output channels (AVX-512 permutes; see NarrowArgs). stack() and stacked_gemm(): channels_last
+// expansions, vectorised along consecutive outputs of several windows (see StackedGemmArgs).
 
 #include <algorithm>
 #include <cmath>
@@ -419,6 +420,7 @@ void epilogue(const EpilogueArgs<T>& a, int rows) {
 }
 
 #include "kernels_last_impl.h"
+#include "kernels_stacked_impl.h"
 
 template <typename T>
 Kernels<T> make_kernels(const char* isa) {
@@ -443,6 +445,9 @@ Kernels<T> make_kernels(const char* isa) {
   k.window_gemm = &window_gemm<T>;
   k.interleave = &interleave<T>;
   k.deinterleave = &deinterleave<T>;
+  k.stack_max = std::min(16, Vec<T>::lanes);
+  k.stack = &stack<T>;
+  k.stacked_gemm = &stacked_gemm<T>;
   k.to_tile = &to_tile<T>;
   k.from_tile = &from_tile<T>;
   return k;

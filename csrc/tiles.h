@@ -121,6 +121,26 @@ inline void* thread_scratch(size_t bytes) {
   return buf.p;
 }
 
+// n zeroed elements, 64-byte aligned: packed weights whose vectors never straddle cache lines
+// (a std::vector's allocation is only 16-byte aligned).
+template <typename T>
+class Aligned {
+ public:
+  explicit Aligned(size_t n) : p_(static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64 + 64))) {
+    if (!p_) throw std::bad_alloc();
+    std::fill(p_, p_ + n, T(0));
+  }
+  Aligned(const Aligned&) = delete;
+  Aligned& operator=(const Aligned&) = delete;
+  ~Aligned() { std::free(p_); }
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  T& operator[](size_t i) { return p_[i]; }
+
+ private:
+  T* p_;
+};
+
 // dst[j * ld_dst + i] = src[i * ld_src + j] for i < rows, j < cols: L x L in-register
 // transposes, the ragged edges element by element.
 template <typename T>

@@ -83,11 +83,11 @@ def test_float32_matches_reference_on_model_shapes(layout):
 # output assignment, cd a power of two dividing the lanes, two or more vectors per window):
 # (N, Cin, Cout, cg, co, H, W)
 WINDOW_GEMM = [
-    (2, 64, 384, 4, 0.5, 5, 7),  # 48 outputs per window
+    (2, 160, 288, 4, 0.5, 5, 7),  # 36 outputs per window
     (1, 1024, 256, 4, 0.5, 3, 5),  # deep windows: partial sums across depth blocks
-    (2, 96, 200, 2, 0.25, 4, 6),  # window starts wrap; 25 outputs per window, a cut last block
-    (1, 128, 512, 8, 0.5, 4, 4),  # cd = 16: fp32 only (fp64 vectors have 8 lanes)
-    (3, 32, 96, 2, 0.5, 3, 3),  # cd = 4
+    (2, 96, 184, 2, 0.25, 4, 6),  # window starts wrap; 23 outputs per window, a cut last block
+    (1, 256, 384, 8, 0.5, 4, 4),  # cd = 16: fp32 only (fp64 vectors have 8 lanes)
+    (3, 64, 120, 2, 0.5, 3, 3),  # cd = 4
 ]
 
 
@@ -101,6 +101,49 @@ def test_channels_last_window_gemm_matches_reference(n, cin, cout, cg, co, h, w,
     bias = torch.randn(cout, generator=gen, dtype=dtype)
     y, _ = _check(x, weight, bias, cg, co, tol=1e-10 if dtype == torch.float64 else 2e-5)
     assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+# channels_last expansions (cout >= 2 cin) on the stacked kernel (csrc/forward_last.cpp: the
+# paper's output assignment, consecutive windows, cd dividing the lanes, any number of outputs
+# per window): (N, Cin, Cout, cg, co, H, W)
+STACKED = [
+    (2, 64, 256, 4, 0.5, 5, 7),  # cd = 8; the last window wraps (the row is extended)
+    (2, 48, 100, 2, 0.25, 3, 5),  # 24-channel windows (the depth padded to vectors); cout ends mid-vector
+    (1, 128, 512, 8, 0.5, 4, 4),  # cd = 16: fp32 only (fp64 takes the window kernel)
+    (3, 64, 160, 2, 0.5, 3, 3),  # cd = 4
+    (2, 40, 96, 1, 0.5, 3, 4),  # cd = 2
+    (2, 36, 80, 1, 0.0, 3, 3),  # cd = 1 (a dense layer)
+    (1, 512, 1024, 4, 0.5, 3, 5),  # 128-channel windows: partial sums across depth blocks
+    (1, 400, 800, 4, 0.5, 2, 3),  # 100-channel windows in two depth blocks of 50
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("n,cin,cout,cg,co,h,w", STACKED)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_channels_last_stacked_kernel_matches_reference(n, cin, cout, cg, co, h, w, dtype):
+    gen = torch.Generator().manual_seed(cin + cout + 1)
+    x = torch.randn(n, cin, h, w, generator=gen, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(cout, cin // cg, generator=gen, dtype=dtype)
+    bias = torch.randn(cout, generator=gen, dtype=dtype)
+    y, _ = _check(x, weight, bias, cg, co, tol=1e-10 if dtype == torch.float64 else 2e-5)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_channels_last_stacked_kernel_reads_a_strided_pixel_view(dtype):
+    """Pixels a uniform step apart that is not the channel count (a channel slice of a wider
+    channels_last tensor) are read in place."""
+    gen = torch.Generator().manual_seed(11)
+    wide = torch.randn(2, 80, 4, 5, generator=gen, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x = wide[:, 8:72]
+    weight = torch.randn(192, 16, generator=gen, dtype=dtype)
+    bias = torch.randn(192, generator=gen, dtype=dtype)
+    y = native.scc_forward(x, weight, bias, 4, 0.5, None, "none", None)
+    expected = scc_reference(x.double(), weight.double(), bias.double(), cg=4, co=0.5)
+    torch.testing.assert_close(y.double(), expected, atol=(1e-10 if dtype == torch.float64 else 2e-5) *
+                               expected.abs().max().item(), rtol=0)
 
 
 # Layers on the window-by-window backward (csrc/backward_last.cpp: windows of whole vectors,
@@ -151,28 +194,31 @@ def test_nchw_deep_windows_on_the_window_gemm_match_reference(n, cin, cout, h, w
 
 
 @needs_kernel
-@pytest.mark.parametrize("activation", ["relu", "relu6", "hardswish", "silu", "gelu"])
-def test_channels_last_window_gemm_epilogue_matches_reference(activation):
-    """Bias, residual and activation applied as the outputs are put back in order."""
+@pytest.mark.parametrize("activation", ["none", "relu", "relu6", "hardswish", "silu", "gelu"])
+@pytest.mark.parametrize("cin,cout", [(96, 300), (96, 288), (128, 200)])  # stacked (cout mid-vector, whole), window
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_channels_last_window_and_stacked_epilogue_matches_reference(activation, cin, cout, with_residual):
+    """Bias, residual and activation applied as the outputs are stored in order."""
     gen = torch.Generator().manual_seed(7)
-    x = torch.randn(2, 96, 5, 6, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-    weight = torch.randn(300, 24, generator=gen, dtype=torch.float64)
-    bias = torch.randn(300, generator=gen, dtype=torch.float64)
-    residual = torch.randn(2, 300, 5, 6, generator=gen, dtype=torch.float64).contiguous(
-        memory_format=torch.channels_last)
+    x = torch.randn(2, cin, 5, 6, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(cout, cin // 4, generator=gen, dtype=torch.float64)
+    bias = torch.randn(cout, generator=gen, dtype=torch.float64)
+    residual = torch.randn(2, cout, 5, 6, generator=gen, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last) if with_residual else None
     y = native.scc_forward(x, weight, bias, 4, 0.5, None, activation, residual)
-    act = {"relu": torch.relu, "relu6": torch.nn.functional.relu6, "hardswish": torch.nn.functional.hardswish,
-           "silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu}[activation]
-    expected = act(scc_reference(x, weight, bias, cg=4, co=0.5) + residual)
+    act = {"none": lambda t: t, "relu": torch.relu, "relu6": torch.nn.functional.relu6,
+           "hardswish": torch.nn.functional.hardswish, "silu": torch.nn.functional.silu,
+           "gelu": torch.nn.functional.gelu}[activation]
+    expected = act(scc_reference(x, weight, bias, cg=4, co=0.5) + (residual if with_residual else 0))
     torch.testing.assert_close(y, expected, atol=1e-10, rtol=0)
 
 
 @needs_kernel
-@pytest.mark.parametrize("cin,cout,h,w", [(64, 1024, 64, 64), (16, 80, 229, 230)])
+@pytest.mark.parametrize("cin,cout,h,w", [(64, 1024, 64, 64), (192, 256, 128, 128), (16, 80, 229, 230)])
 def test_channels_last_output_too_large_for_the_caches_is_streamed_correctly(cin, cout, h, w):
-    """16.8 MB fp32 outputs are stored past the caches (non-temporal stores): the window
-    kernel's (64 -> 1024) and the narrow kernel's (16 input channels), with bias, residual and
-    activation."""
+    """16.8 MB fp32 outputs are stored past the caches (non-temporal stores): the stacked
+    kernel's (64 -> 1024), the window kernel's (192 -> 256) and the narrow kernel's (16 input
+    channels), with bias, residual and activation."""
     gen = torch.Generator().manual_seed(cin + cout)
     x = torch.randn(1, cin, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(cout, cin // 4, generator=gen)
@@ -186,7 +232,8 @@ def test_channels_last_output_too_large_for_the_caches_is_streamed_correctly(cin
 @needs_kernel
 @pytest.mark.parametrize("n,cin,cout,cg,co,h", [
     (2, 16, 80, 4, 0.5, 9),  # channels_last: the narrow kernel
-    (2, 64, 256, 4, 0.5, 7),  # channels_last: window by window
+    (2, 64, 256, 4, 0.5, 7),  # channels_last: the stacked kernel
+    (2, 128, 200, 4, 0.5, 7),  # channels_last: window by window
     (2, 96, 96, 2, 0.25, 9),  # channels_last: the transposing tiles
     (3, 512, 256, 4, 0.5, 13),  # NCHW in place, and 128+-channel windows
     (1, 24, 20, 4, 0.5, 7),  # NCHW, images cut across
@@ -247,10 +294,11 @@ _ISA_SCRIPT = textwrap.dedent("""
     from scc_convert.ops import native
     assert native.cpu_backend() == "native"
     print(torch.ops.scc_native.info())
-    # (cin, cout, cg): 40 outputs at cd = 8, 200 and 96 at cd = 4 (channels_last: window by
+    # (cin, cout, cg): 40 outputs at cd = 8, 200 and 96 at cd = 4, 96 at cd = 2, 256 at cd = 8
+    # (channels_last: the expansions on the stacked kernel where cd divides the lanes, window by
     # window where the vectors allow; 64 channels at cg = 2 are windows of whole vectors)
-    for layout, (cin, cout, cg), dtype in itertools.product(("nchw", "channels_last"),
-                                                            ((48, 40, 4), (48, 200, 2), (64, 96, 2)),
+    shapes = ((48, 40, 4), (48, 200, 2), (64, 96, 2), (40, 96, 1), (64, 256, 4))
+    for layout, (cin, cout, cg), dtype in itertools.product(("nchw", "channels_last"), shapes,
                                                             (torch.float64, torch.float32)):
             tol = 1e-10 if dtype == torch.float64 else 2e-5
             x = torch.randn(3, cin, 6, 10, dtype=dtype)

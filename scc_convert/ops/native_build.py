@@ -12,7 +12,8 @@ __all__ = ["SOURCES", "compile_flags"]
 
 # csrc/, in build order; the .cpp files are the translation units.
 SOURCES = (
-    "kernels.h", "kernels_impl.h", "kernels_last_impl.h", "tiles.h", "windows.h", "output_cache.h", "drivers.h",
+    "kernels.h", "kernels_impl.h", "kernels_last_impl.h", "kernels_stacked_impl.h", "tiles.h", "windows.h",
+    "output_cache.h", "drivers.h",
     "output_cache.cpp", "isa_avx512.cpp", "isa_avx2.cpp", "isa_portable.cpp", "kernels.cpp",
     "forward.cpp", "forward_last.cpp", "backward.cpp", "backward_last.cpp", "ops.cpp",
 )

@@ -1,0 +1,236 @@
+// The channels_last stacked micro-kernels (stack, stacked_gemm), part of kernels_impl.h:
+// included there, inside its per-instruction-set namespace, after kernels_last_impl.h (whose
+// load_first, store_first, stream_store, zip_rounds and gemm_pixels they use). No include
+// guard: included once per instruction set.
+
+// -- channels_last: stacked rows and their GEMM ----------------------------------------------
+
+template <typename T, int CD>
+SCC_TARGET void stack_cd(const StackArgs<T>& a) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::lanes;
+  const int64_t depth = (a.depth + L - 1) / L * L;
+  int64_t first[CD], need = 0;
+  SCC_UNROLL
+  for (int w = 0; w < CD; ++w) first[w] = a.first[w], need = std::max(need, first[w] + depth);
+  for (int64_t p = 0; p < a.pixels; ++p) {
+    const T* x = a.x + p * a.x_step;
+    if (a.row && a.cin % L == 0) {  // the row, then its first channels again until every window's reads fit
+      for (int64_t c = 0; c < a.cin; c += L) store(a.row + c, load<V>(x + c));
+      for (int64_t c = a.cin; c < need; c += L) store(a.row + c, load<V>(a.row + c - a.cin));
+      x = a.row;
+    } else if (a.row) {  // the same in element runs (library calls)
+      __builtin_memcpy(a.row, x, size_t(a.cin) * sizeof(T));
+      for (int64_t c = a.cin; c < need; c += a.cin)
+        __builtin_memcpy(a.row + c, a.row, size_t(std::min(a.cin, need - c)) * sizeof(T));
+      x = a.row;
+    }
+    T* z = a.z + p * a.z_step;
+    for (int64_t j = 0; j < depth; j += L) {  // weight columns [j, j + L) of every window
+      V v[CD];
+      SCC_UNROLL
+      for (int w = 0; w < CD; ++w) v[w] = load<V>(x + first[w] + j);
+      zip_rounds<T, CD>(v);
+      SCC_UNROLL
+      for (int q = 0; q < CD; ++q) store(z + j * CD + q * L, v[q]);
+    }
+  }
+}
+
+template <typename T>
+SCC_TARGET void stack(const StackArgs<T>& a) {
+  switch (a.windows) {
+    case 1: return stack_cd<T, 1>(a);
+    case 2: return stack_cd<T, 2>(a);
+    case 4: return stack_cd<T, 4>(a);
+    case 8: return stack_cd<T, 8>(a);
+    default:
+      if constexpr (Vec<T>::lanes >= 16) return stack_cd<T, 16>(a);
+  }
+}
+
+template <typename V, typename S, int... I>
+SCC_TARGET SCC_INLINE V repeat(S s, std::integer_sequence<int, I...>) {
+  return __builtin_shufflevector(s, s, (I % (sizeof(S) / sizeof(s[0])))...);
+}
+
+// The CD values at p repeated across a vector (one broadcasting load).
+template <typename T, int CD>
+SCC_TARGET SCC_INLINE typename Vec<T>::type load_repeated(const T* p) {
+  using V = typename Vec<T>::type;
+  if constexpr (CD == 1) {
+    return splat<V>(*p);
+  } else if constexpr (CD == Vec<T>::lanes) {
+    return load<V>(p);
+  } else {
+#if defined(__x86_64__)  // one broadcasting load (the portable form compiles to a load and a shuffle)
+    if constexpr (SCC_VECTOR_BYTES == 64 && std::is_same_v<T, float> && CD == 8)
+      return (V)_mm512_broadcast_f32x8(_mm256_loadu_ps(p));
+    if constexpr (SCC_VECTOR_BYTES == 64 && std::is_same_v<T, float> && CD == 4)
+      return (V)_mm512_broadcast_f32x4(_mm_loadu_ps(p));
+    if constexpr (SCC_VECTOR_BYTES == 64 && std::is_same_v<T, double> && CD == 4)
+      return (V)_mm512_broadcast_f64x4(_mm256_loadu_pd(p));
+    if constexpr (SCC_VECTOR_BYTES == 64 && std::is_same_v<T, float> && CD == 2)
+      return (V)_mm512_castpd_ps(_mm512_set1_pd(*reinterpret_cast<const double*>(p)));
+    if constexpr (SCC_VECTOR_BYTES == 32 && std::is_same_v<T, float> && CD == 4)
+      return (V)_mm256_broadcast_ps(reinterpret_cast<const __m128*>(p));
+    if constexpr (SCC_VECTOR_BYTES == 32 && std::is_same_v<T, float> && CD == 2)
+      return (V)_mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(p)));
+#endif
+    typedef T S __attribute__((vector_size(CD * sizeof(T))));
+    return repeat<V>(load<S>(p), std::make_integer_sequence<int, Vec<T>::lanes>{});
+  }
+}
+
+// Whole output vectors with a cheap activation, from registers.
+template <typename T, Activation A, int R, int J>
+SCC_TARGET SCC_INLINE void stacked_store_act(const StackedGemmArgs<T>& a, int64_t p, int64_t v0,
+                                             typename Vec<T>::type (&acc)[R][J]) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::lanes;
+  SCC_UNROLL
+  for (int r = 0; r < R; ++r) {
+    T* y = a.y + (p + r) * a.y_step + v0 * L;
+    const T* res = a.r ? a.r + (p + r) * a.r_step + v0 * L : nullptr;
+    SCC_UNROLL
+    for (int j = 0; j < J; ++j) {
+      V o = acc[r][j];
+      if (res) o += load<V>(res + j * L);
+      o = activate<T, A>(o);
+      if (a.stream) {
+        stream_store(y + j * L, o);
+      } else {
+        store(y + j * L, o);
+      }
+    }
+  }
+}
+
+// The rest out of line (a partial last vector, the costly activations: inlined into every tile
+// they took minutes to compile): acc[r * cols + j] for r < rows, j < cols.
+template <typename T, Activation A>
+SCC_TARGET SCC_NOINLINE void stacked_store_rows(const StackedGemmArgs<T>& a, int64_t p, int64_t v0,
+                                                const typename Vec<T>::type* acc, int rows, int cols) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::lanes;
+  for (int r = 0; r < rows; ++r) {
+    T* y = a.y + (p + r) * a.y_step;
+    const T* res = a.r ? a.r + (p + r) * a.r_step : nullptr;
+    for (int j = 0; j < cols; ++j) {
+      const int64_t at = (v0 + j) * L, n = a.cout - at;
+      V o = acc[r * cols + j];
+      if (res) o += load_first(res + at, n);
+      o = activate<T, A>(o);
+      if (a.stream && n >= L) {
+        stream_store(y + at, o);
+      } else {
+        store_first(y + at, o, n);
+      }
+    }
+  }
+}
+
+template <typename T>
+SCC_TARGET SCC_NOINLINE void stacked_store_slow(const StackedGemmArgs<T>& a, int64_t p, int64_t v0,
+                                                const typename Vec<T>::type* acc, int rows, int cols) {
+  switch (a.activation) {
+    case kHardswish: return stacked_store_rows<T, kHardswish>(a, p, v0, acc, rows, cols);
+    case kSilu: return stacked_store_rows<T, kSilu>(a, p, v0, acc, rows, cols);
+    case kGelu: return stacked_store_rows<T, kGelu>(a, p, v0, acc, rows, cols);
+    case kRelu: return stacked_store_rows<T, kRelu>(a, p, v0, acc, rows, cols);
+    case kRelu6: return stacked_store_rows<T, kRelu6>(a, p, v0, acc, rows, cols);
+    default: return stacked_store_rows<T, kNone>(a, p, v0, acc, rows, cols);
+  }
+}
+
+// R pixels from p x J output vectors from v0.
+template <typename T, int CD, int R, int J>
+SCC_TARGET SCC_INLINE void stacked_tile(const StackedGemmArgs<T>& a, int64_t p, int64_t v0) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::lanes;
+  V acc[R][J];
+  SCC_UNROLL
+  for (int j = 0; j < J; ++j) {
+    const V b = load<V>(a.bias + (v0 + j) * L);
+    SCC_UNROLL
+    for (int r = 0; r < R; ++r) acc[r][j] = a.first ? b : load<V>(a.t + (p + r) * a.t_step + (v0 + j) * L);
+  }
+  const T* z[R];
+  SCC_UNROLL
+  for (int r = 0; r < R; ++r) z[r] = a.z + (p + r) * a.z_step;
+  const T* w = a.w + v0 * a.w_step;
+  for (int64_t k = 0; k < a.depth; ++k) {
+    V b[J];
+    SCC_UNROLL
+    for (int j = 0; j < J; ++j) b[j] = load<V>(w + j * a.w_step + k * L);
+    SCC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const V s = load_repeated<T, CD>(z[r] + k * CD);
+      SCC_UNROLL
+      for (int j = 0; j < J; ++j) acc[r][j] += s * b[j];
+    }
+  }
+  if (!a.last) {  // partial sums, for the next depth block
+    SCC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      SCC_UNROLL
+      for (int j = 0; j < J; ++j) store(a.t + (p + r) * a.t_step + (v0 + j) * L, acc[r][j]);
+    }
+    return;
+  }
+  if ((v0 + J) * L > a.cout) return stacked_store_slow<T>(a, p, v0, &acc[0][0], R, J);
+  switch (a.activation) {
+    case kNone: return stacked_store_act<T, kNone>(a, p, v0, acc);
+    case kRelu: return stacked_store_act<T, kRelu>(a, p, v0, acc);
+    case kRelu6: return stacked_store_act<T, kRelu6>(a, p, v0, acc);
+    default: return stacked_store_slow<T>(a, p, v0, &acc[0][0], R, J);
+  }
+}
+
+template <typename T, int CD, int J>
+SCC_TARGET SCC_NOINLINE void stacked_vectors(const StackedGemmArgs<T>& a, int64_t v0) {
+  constexpr int R = gemm_pixels(J);
+  int64_t p = 0;
+  for (; p + R <= a.pixels; p += R) stacked_tile<T, CD, R, J>(a, p, v0);
+  if constexpr (R > 4) {
+    if (p + 4 <= a.pixels) stacked_tile<T, CD, 4, J>(a, p, v0), p += 4;
+  }
+  if constexpr (R > 2) {
+    if (p + 2 <= a.pixels) stacked_tile<T, CD, 2, J>(a, p, v0), p += 2;
+  }
+  if constexpr (R > 1) {
+    if (p < a.pixels) stacked_tile<T, CD, 1, J>(a, p, v0);
+  }
+}
+
+template <typename T, int CD, int... J>
+SCC_TARGET SCC_INLINE void stacked_pick(const StackedGemmArgs<T>& a, int64_t v0, int64_t n,
+                                        std::integer_sequence<int, J...>) {
+  ((n == J + 1 ? stacked_vectors<T, CD, J + 1>(a, v0) : void()), ...);
+}
+
+// Vector block by vector block (balanced, at most SCC_GEMM_VECTORS each), every register tile of
+// pixels per block, so the block's weights stay in cache while the pixels' stacked rows pass.
+template <typename T, int CD>
+SCC_TARGET void stacked_gemm_cd(const StackedGemmArgs<T>& a) {
+  constexpr int J = SCC_GEMM_VECTORS;
+  const int64_t tiles = (a.vectors + J - 1) / J, per = (a.vectors + tiles - 1) / tiles;
+  for (int64_t v0 = 0; v0 < a.vectors; v0 += per)
+    stacked_pick<T, CD>(a, v0, std::min(per, a.vectors - v0), std::make_integer_sequence<int, J>{});
+}
+
+template <typename T>
+void stacked_gemm(const StackedGemmArgs<T>& a) {
+  struct Fence {  // streamed stores are weakly ordered: order them before anything after
+    bool on;
+    ~Fence() { if (on) stream_fence(); }
+  } fence{a.stream};
+  switch (a.windows) {
+    case 1: return stacked_gemm_cd<T, 1>(a);
+    case 2: return stacked_gemm_cd<T, 2>(a);
+    case 4: return stacked_gemm_cd<T, 4>(a);
+    case 8: return stacked_gemm_cd<T, 8>(a);
+    default:
+      if constexpr (Vec<T>::lanes >= 16) return stacked_gemm_cd<T, 16>(a);
+  }
+}
