@@ -41,6 +41,27 @@ SCC_TARGET void stream_fence() {
 #endif
 }
 
+// Streamed stores are weakly ordered: a kernel that streams orders them before it returns.
+struct StreamFence {
+  bool on;
+  ~StreamFence() {
+    if (on) stream_fence();
+  }
+};
+
+// f(std::integral_constant<int, CD>{}) for CD = windows: 1, 2, 4, 8, or 16 (16 lanes or more).
+template <typename T, typename F>
+SCC_INLINE void by_windows(int64_t windows, F&& f) {
+  switch (windows) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    default:
+      if constexpr (Vec<T>::lanes >= 16) return f(std::integral_constant<int, 16>{});
+  }
+}
+
 // R pixels from p x J vectors from v0.
 template <typename T, int R, int J>
 SCC_TARGET SCC_INLINE void window_gemm_tile(const WindowGemmArgs<T>& a, int64_t p, int64_t v0) {
@@ -182,22 +203,12 @@ SCC_TARGET void interleave_cd(const InterleaveArgs<T>& a) {
 
 template <typename T, Activation A>
 SCC_TARGET void interleave_act(const InterleaveArgs<T>& a) {
-  switch (a.windows) {
-    case 1: return interleave_cd<T, 1, A>(a);
-    case 2: return interleave_cd<T, 2, A>(a);
-    case 4: return interleave_cd<T, 4, A>(a);
-    case 8: return interleave_cd<T, 8, A>(a);
-    default:
-      if constexpr (Vec<T>::lanes >= 16) return interleave_cd<T, 16, A>(a);
-  }
+  by_windows<T>(a.windows, [&](auto cd) { interleave_cd<T, decltype(cd)::value, A>(a); });
 }
 
 template <typename T>
 void interleave(const InterleaveArgs<T>& a) {
-  struct Fence {  // streamed stores are weakly ordered: order them before anything after
-    bool on;
-    ~Fence() { if (on) stream_fence(); }
-  } fence{a.stream};
+  const StreamFence fence{a.stream};
   switch (a.activation) {
     case kRelu: return interleave_act<T, kRelu>(a);
     case kRelu6: return interleave_act<T, kRelu6>(a);
@@ -228,14 +239,7 @@ SCC_TARGET void deinterleave_cd(const DeinterleaveArgs<T>& a) {
 
 template <typename T>
 SCC_TARGET void deinterleave(const DeinterleaveArgs<T>& a) {
-  switch (a.windows) {
-    case 1: return deinterleave_cd<T, 1>(a);
-    case 2: return deinterleave_cd<T, 2>(a);
-    case 4: return deinterleave_cd<T, 4>(a);
-    case 8: return deinterleave_cd<T, 8>(a);
-    default:
-      if constexpr (Vec<T>::lanes >= 16) return deinterleave_cd<T, 16>(a);
-  }
+  by_windows<T>(a.windows, [&](auto cd) { deinterleave_cd<T, decltype(cd)::value>(a); });
 }
 
 // -- narrow (AVX-512) ----------------------------------------------------------------------
@@ -295,10 +299,7 @@ SCC_TARGET void narrow_act(const NarrowArgs<float>& a) {
 }
 
 void narrow(const NarrowArgs<float>& a) {
-  struct Fence {  // streamed stores are weakly ordered: order them before anything after
-    bool on;
-    ~Fence() { if (on) stream_fence(); }
-  } fence{a.stream};
+  const StreamFence fence{a.stream};
   switch (a.activation) {
     case kRelu: return narrow_act<kRelu>(a);
     case kRelu6: return narrow_act<kRelu6>(a);

@@ -1,6 +1,7 @@
 // The channels_last stacked micro-kernels (stack, stacked_gemm), part of kernels_impl.h:
 // included there, inside its per-instruction-set namespace, after kernels_last_impl.h (whose
-// load_first, store_first, stream_store, zip_rounds and gemm_pixels they use). No include
+// load_first, store_first, stream_store, StreamFence, by_windows, zip_rounds and gemm_pixels
+// they use). No include
 // guard: included once per instruction set.
 
 // -- channels_last: stacked rows and their GEMM ----------------------------------------------
@@ -39,14 +40,7 @@ SCC_TARGET void stack_cd(const StackArgs<T>& a) {
 
 template <typename T>
 SCC_TARGET void stack(const StackArgs<T>& a) {
-  switch (a.windows) {
-    case 1: return stack_cd<T, 1>(a);
-    case 2: return stack_cd<T, 2>(a);
-    case 4: return stack_cd<T, 4>(a);
-    case 8: return stack_cd<T, 8>(a);
-    default:
-      if constexpr (Vec<T>::lanes >= 16) return stack_cd<T, 16>(a);
-  }
+  by_windows<T>(a.windows, [&](auto cd) { stack_cd<T, decltype(cd)::value>(a); });
 }
 
 template <typename V, typename S, int... I>
@@ -221,16 +215,6 @@ SCC_TARGET void stacked_gemm_cd(const StackedGemmArgs<T>& a) {
 
 template <typename T>
 void stacked_gemm(const StackedGemmArgs<T>& a) {
-  struct Fence {  // streamed stores are weakly ordered: order them before anything after
-    bool on;
-    ~Fence() { if (on) stream_fence(); }
-  } fence{a.stream};
-  switch (a.windows) {
-    case 1: return stacked_gemm_cd<T, 1>(a);
-    case 2: return stacked_gemm_cd<T, 2>(a);
-    case 4: return stacked_gemm_cd<T, 4>(a);
-    case 8: return stacked_gemm_cd<T, 8>(a);
-    default:
-      if constexpr (Vec<T>::lanes >= 16) return stacked_gemm_cd<T, 16>(a);
-  }
+  const StreamFence fence{a.stream};
+  by_windows<T>(a.windows, [&](auto cd) { stacked_gemm_cd<T, decltype(cd)::value>(a); });
 }
