@@ -196,7 +196,7 @@ bool run_stacked_gemm(const View<T>& x, const Operand<T>& weight, const T* bias,
   // Depth blocks: one block of weight columns of a register tile's vectors stays in L1.
   const int64_t span = std::max<int64_t>(16, kWeightBytes / (k.gemm_vectors * L * int64_t(sizeof(T))));
   const int64_t depth_blocks = Blocks::ceil_div(gw, span), per_block = Blocks::ceil_div(gw, depth_blocks);
-  const int64_t z_step = odd_lines(cd * depth, L), row = wraps ? Blocks::round_up(2 * cin + depth, L) : 0;
+  const int64_t z_step = odd_lines(cd * depth, L), row = wraps ? Blocks::round_up(cin + depth, L) + L : 0;
   const int64_t t_step = depth_blocks > 1 ? odd_lines(ldo, L) : 0;
   const int64_t pixels = x.n * x.h * x.w, threads = at::get_num_threads();
   int64_t block = std::clamp<int64_t>(kBlockBytes / (z_step * int64_t(sizeof(T))), 8, kMaxBlock);

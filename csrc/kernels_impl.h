@@ -392,6 +392,20 @@ SCC_TARGET SCC_INLINE typename Vec<T>::type activate(typename Vec<T>::type v) {
   }
 }
 
+// f(std::integral_constant<Activation, A>{}) for A = activation (kNone for unknown codes: the
+// drivers check them).
+template <typename F>
+SCC_INLINE void by_activation(Activation activation, F&& f) {
+  switch (activation) {
+    case kRelu: return f(std::integral_constant<Activation, kRelu>{});
+    case kRelu6: return f(std::integral_constant<Activation, kRelu6>{});
+    case kHardswish: return f(std::integral_constant<Activation, kHardswish>{});
+    case kSilu: return f(std::integral_constant<Activation, kSilu>{});
+    case kGelu: return f(std::integral_constant<Activation, kGelu>{});
+    default: return f(std::integral_constant<Activation, kNone>{});
+  }
+}
+
 template <typename T, Activation A>
 SCC_TARGET void epilogue_rows(const EpilogueArgs<T>& a, int rows) {
   using V = typename Vec<T>::type;
@@ -409,14 +423,7 @@ SCC_TARGET void epilogue_rows(const EpilogueArgs<T>& a, int rows) {
 
 template <typename T>
 void epilogue(const EpilogueArgs<T>& a, int rows) {
-  switch (a.activation) {
-    case kRelu: return epilogue_rows<T, kRelu>(a, rows);
-    case kRelu6: return epilogue_rows<T, kRelu6>(a, rows);
-    case kHardswish: return epilogue_rows<T, kHardswish>(a, rows);
-    case kSilu: return epilogue_rows<T, kSilu>(a, rows);
-    case kGelu: return epilogue_rows<T, kGelu>(a, rows);
-    default: return epilogue_rows<T, kNone>(a, rows);
-  }
+  by_activation(a.activation, [&](auto act) { epilogue_rows<T, decltype(act)::value>(a, rows); });
 }
 
 #include "kernels_last_impl.h"

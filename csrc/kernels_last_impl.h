@@ -41,6 +41,19 @@ SCC_TARGET void stream_fence() {
 #endif
 }
 
+// One output vector of which the first n lanes are real: the residual at r (nullptr: none) added,
+// the activation applied, stored at y (past the caches if `stream` and the vector is whole).
+template <typename T, Activation A>
+SCC_TARGET SCC_INLINE void put_output(T* y, const T* r, typename Vec<T>::type o, int64_t n, bool stream) {
+  if (r) o += load_first(r, n);
+  o = activate<T, A>(o);
+  if (stream && n >= Vec<T>::lanes) {
+    stream_store(y, o);
+  } else {
+    store_first(y, o, n);
+  }
+}
+
 // Streamed stores are weakly ordered: a kernel that streams orders them before it returns.
 struct StreamFence {
   bool on;
@@ -187,15 +200,8 @@ SCC_TARGET void interleave_cd(const InterleaveArgs<T>& a) {
       zip_rounds<T, CD>(v);
       SCC_UNROLL
       for (int q = 0; q < CD; ++q) {
-        const int64_t at = j * CD + q * L, n = a.cout - at;
-        V o = v[q];
-        if (r) o += load_first(r + at, n);
-        o = activate<T, A>(o);
-        if (a.stream && n >= L) {
-          stream_store(y + at, o);
-        } else {
-          store_first(y + at, o, n);
-        }
+        const int64_t at = j * CD + q * L;
+        put_output<T, A>(y + at, r ? r + at : nullptr, v[q], a.cout - at, a.stream);
       }
     }
   }
@@ -209,14 +215,7 @@ SCC_TARGET void interleave_act(const InterleaveArgs<T>& a) {
 template <typename T>
 void interleave(const InterleaveArgs<T>& a) {
   const StreamFence fence{a.stream};
-  switch (a.activation) {
-    case kRelu: return interleave_act<T, kRelu>(a);
-    case kRelu6: return interleave_act<T, kRelu6>(a);
-    case kHardswish: return interleave_act<T, kHardswish>(a);
-    case kSilu: return interleave_act<T, kSilu>(a);
-    case kGelu: return interleave_act<T, kGelu>(a);
-    default: return interleave_act<T, kNone>(a);
-  }
+  by_activation(a.activation, [&](auto act) { interleave_act<T, decltype(act)::value>(a); });
 }
 
 template <typename T, int CD>
@@ -300,14 +299,7 @@ SCC_TARGET void narrow_act(const NarrowArgs<float>& a) {
 
 void narrow(const NarrowArgs<float>& a) {
   const StreamFence fence{a.stream};
-  switch (a.activation) {
-    case kRelu: return narrow_act<kRelu>(a);
-    case kRelu6: return narrow_act<kRelu6>(a);
-    case kHardswish: return narrow_act<kHardswish>(a);
-    case kSilu: return narrow_act<kSilu>(a);
-    case kGelu: return narrow_act<kGelu>(a);
-    default: return narrow_act<kNone>(a);
-  }
+  by_activation(a.activation, [&](auto act) { narrow_act<decltype(act)::value>(a); });
 }
 #endif
 

@@ -1,7 +1,6 @@
 // The channels_last stacked micro-kernels (stack, stacked_gemm), part of kernels_impl.h:
 // included there, inside its per-instruction-set namespace, after kernels_last_impl.h (whose
-// load_first, store_first, stream_store, StreamFence, by_windows, zip_rounds and gemm_pixels
-// they use). No include
+// put_output, StreamFence, by_windows, zip_rounds and gemm_pixels they use). No include
 // guard: included once per instruction set.
 
 // -- channels_last: stacked rows and their GEMM ----------------------------------------------
@@ -105,21 +104,13 @@ SCC_TARGET SCC_INLINE void stacked_store_act(const StackedGemmArgs<T>& a, int64_
 template <typename T, Activation A>
 SCC_TARGET SCC_NOINLINE void stacked_store_rows(const StackedGemmArgs<T>& a, int64_t p, int64_t v0,
                                                 const typename Vec<T>::type* acc, int rows, int cols) {
-  using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::lanes;
   for (int r = 0; r < rows; ++r) {
     T* y = a.y + (p + r) * a.y_step;
     const T* res = a.r ? a.r + (p + r) * a.r_step : nullptr;
     for (int j = 0; j < cols; ++j) {
-      const int64_t at = (v0 + j) * L, n = a.cout - at;
-      V o = acc[r * cols + j];
-      if (res) o += load_first(res + at, n);
-      o = activate<T, A>(o);
-      if (a.stream && n >= L) {
-        stream_store(y + at, o);
-      } else {
-        store_first(y + at, o, n);
-      }
+      const int64_t at = (v0 + j) * L;
+      put_output<T, A>(y + at, res ? res + at : nullptr, acc[r * cols + j], a.cout - at, a.stream);
     }
   }
 }
@@ -127,14 +118,8 @@ SCC_TARGET SCC_NOINLINE void stacked_store_rows(const StackedGemmArgs<T>& a, int
 template <typename T>
 SCC_TARGET SCC_NOINLINE void stacked_store_slow(const StackedGemmArgs<T>& a, int64_t p, int64_t v0,
                                                 const typename Vec<T>::type* acc, int rows, int cols) {
-  switch (a.activation) {
-    case kHardswish: return stacked_store_rows<T, kHardswish>(a, p, v0, acc, rows, cols);
-    case kSilu: return stacked_store_rows<T, kSilu>(a, p, v0, acc, rows, cols);
-    case kGelu: return stacked_store_rows<T, kGelu>(a, p, v0, acc, rows, cols);
-    case kRelu: return stacked_store_rows<T, kRelu>(a, p, v0, acc, rows, cols);
-    case kRelu6: return stacked_store_rows<T, kRelu6>(a, p, v0, acc, rows, cols);
-    default: return stacked_store_rows<T, kNone>(a, p, v0, acc, rows, cols);
-  }
+  by_activation(a.activation,
+                [&](auto act) { stacked_store_rows<T, decltype(act)::value>(a, p, v0, acc, rows, cols); });
 }
 
 // R pixels from p x J output vectors from v0.
