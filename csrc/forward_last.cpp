@@ -126,6 +126,14 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
         });
       g.x = nchw ? xp : x.data + p0 * xs;
       g.pixels = len;
+      // The next block's inputs are asked for while this one computes (Prefetch; paired, one
+      // thread, batch 16: 1024->256 14x14 1.02x, 256->1024 1.05x faster).
+      Prefetch next;
+      if (!nchw) {
+        next = following_pixels(x.data, xs, p0, len, pixels,
+                                Blocks::ceil_div(len, 4) * groups * cd * Blocks::ceil_div(gw, depth));
+        g.ahead = &next;
+      }
       e.pixels = len;
       for (int64_t v0 = 0; v0 < vectors; v0 += group) {
         g.count = std::min(group, vectors - v0);
@@ -234,6 +242,11 @@ bool run_stacked_gemm(const View<T>& x, const Operand<T>& weight, const T* bias,
       sa.x = x.data + p0 * xs;
       sa.pixels = len;
       k.stack(sa);
+      // The next block's inputs are asked for while this one computes (Prefetch; paired, one
+      // thread, batch 16: 64->256 56x56 1.2x, 128->512 28x28 1.2x faster).
+      Prefetch next = following_pixels(x.data, xs, p0, len, pixels,
+                                       Blocks::ceil_div(len, 4) * depth_blocks * Blocks::ceil_div(vectors, k.gemm_vectors));
+      g.ahead = &next;
       g.y = y.data + p0 * ys;
       g.r = residual ? residual->data + p0 * rs : nullptr;
       g.pixels = len;

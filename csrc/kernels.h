@@ -6,9 +6,33 @@
 // through element offsets from a base pointer. Pixel counts are multiples of `lanes`.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 namespace scc_native {
+
+// Asks for a byte range's cache lines into L2 a few at a time (step(), about `steps` times): a
+// driver hands the next pixel block's inputs to the micro-kernels computing this one, so they
+// arrive from memory while it computes rather than all at once when they are first read.
+struct Prefetch {
+  const char* at = nullptr;
+  const char* end = nullptr;
+  int64_t per_step = 0;
+
+  Prefetch() = default;
+  // At most this many lines a step: longer bursts fill the core's miss buffers and stall it
+  // (paired, one thread, batch 16, channels_last, caches evicted between calls: 384->64 14x14
+  // 1.21x faster with 8 than with up to 144 lines a step).
+  static constexpr int64_t kBurst = 8;
+
+  Prefetch(const void* begin, int64_t bytes, int64_t steps)
+      : at(static_cast<const char*>(begin)), end(at + (bytes > 0 ? bytes : 0)),
+        per_step(std::min(kBurst, ((bytes > 0 ? bytes : 0) / 64 + steps) / (steps > 1 ? steps : 1))) {}
+
+  void step() {
+    for (int64_t i = 0; i < per_step && at < end; ++i, at += 64) __builtin_prefetch(at, 0, 2);
+  }
+};
 
 // C_r[p] = init[r] + sum_m A(r, m) * B_m[p]   (or C_r[p] += ... where accumulate[r])
 // for r < rows, m < depth, p < pixels, with A(r, m) = a[a_row[r] + a_col[m]],
@@ -29,6 +53,7 @@ struct RowsArgs {
   const T* init;              // nullptr: start from zero
   const uint8_t* accumulate;  // nullptr: no row accumulates
   int64_t pixels;
+  Prefetch* ahead;  // nullptr: none; else one step() per register tile
 };
 
 // out[r * ld + j] += sum_p G_r[p] * X_j[p] for r < rows, j < cols, p < pixels, with
@@ -102,6 +127,7 @@ struct WindowGemmArgs {
   int64_t t_step;
   int64_t pixels, depth, count;
   bool first;
+  Prefetch* ahead;  // nullptr: none; else one step() per register tile
 };
 
 // The outputs of cd windows (t[p] + w * ldt: window w's, in order) back into output order,
@@ -176,6 +202,7 @@ struct StackedGemmArgs {
   int64_t pixels;
   Activation activation;
   bool stream;  // store whole output vectors past the caches (y aligned to the vector, rows too)
+  Prefetch* ahead;  // nullptr: none; else one step() per register tile
 };
 
 template <typename T>

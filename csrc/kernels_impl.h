@@ -196,8 +196,10 @@ SCC_TARGET void rows_fixed(const RowsArgs<T>& a) {
     const T* init = k0 == 0 ? a.init : nullptr;
     const uint8_t* acc = k0 == 0 ? a.accumulate : everyone;
     int64_t p = 0;
-    for (; p + NV * L <= a.pixels; p += NV * L)
+    for (; p + NV * L <= a.pixels; p += NV * L) {
       rows_block<T, R, NV>(ar, a.a_col + k0, a.b, a.b_row + k0, kn, cr, init, acc, p);
+      if (a.ahead) a.ahead->step();
+    }
     // The rest (< NV vectors): two vectors at once where they remain, then one.
     if constexpr (NV > 2) {
       if (p + 2 * L <= a.pixels) {

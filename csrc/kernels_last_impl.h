@@ -117,7 +117,10 @@ template <typename T, int J>
 SCC_TARGET SCC_NOINLINE void window_gemm_vectors(const WindowGemmArgs<T>& a, int64_t v0) {
   constexpr int R = gemm_pixels(J);
   int64_t p = 0;
-  for (; p + R <= a.pixels; p += R) window_gemm_tile<T, R, J>(a, p, v0);
+  for (; p + R <= a.pixels; p += R) {
+    window_gemm_tile<T, R, J>(a, p, v0);
+    if (a.ahead) a.ahead->step();
+  }
   // The rest (< R <= 8 pixels) in tiles of 4, 2 and 1.
   if constexpr (R > 4) {
     if (p + 4 <= a.pixels) window_gemm_tile<T, 4, J>(a, p, v0), p += 4;

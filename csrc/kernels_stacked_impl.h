@@ -170,7 +170,10 @@ template <typename T, int CD, int J>
 SCC_TARGET SCC_NOINLINE void stacked_vectors(const StackedGemmArgs<T>& a, int64_t v0) {
   constexpr int R = gemm_pixels(J);
   int64_t p = 0;
-  for (; p + R <= a.pixels; p += R) stacked_tile<T, CD, R, J>(a, p, v0);
+  for (; p + R <= a.pixels; p += R) {
+    stacked_tile<T, CD, R, J>(a, p, v0);
+    if (a.ahead) a.ahead->step();
+  }
   if constexpr (R > 4) {
     if (p + 4 <= a.pixels) stacked_tile<T, CD, 4, J>(a, p, v0), p += 4;
   }

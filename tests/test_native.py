@@ -115,6 +115,7 @@ STACKED = [
     (2, 36, 80, 1, 0.0, 3, 3),  # cd = 1 (a dense layer)
     (1, 512, 1024, 4, 0.5, 3, 5),  # 128-channel windows: partial sums across depth blocks
     (1, 400, 800, 4, 0.5, 2, 3),  # 100-channel windows in two depth blocks of 50
+    (2, 32, 192, 4, 0.5, 3, 5),  # 32 input channels, 6x wider: before the narrow kernel
 ]
 
 
