@@ -44,6 +44,19 @@ def test_agreement_against_independent_counts():
     assert result.top1 == pytest.approx((p.argmax(-1) == q.argmax(-1)).double().mean().item())
     assert result.kl == pytest.approx(torch.nn.functional.kl_div(q, p, log_target=True, reduction="batchmean").item())
     assert agreement(a, a, x).top1 == 1.0 and agreement(a, a, x).kl == pytest.approx(0.0, abs=1e-12)
+    # agreement on the inputs the original gives at least 30% (counted here independently)
+    sure = p.exp().max(-1).values >= 0.3
+    result = agreement(a, b, x, confident_at=0.3)
+    assert result.confident_count == int(sure.sum()) > 0
+    assert result.confident_top1 == pytest.approx((p.argmax(-1) == q.argmax(-1))[sure].double().mean().item())
+    assert agreement(a, b, x, confident_at=1.0).confident_top1 is None  # no input is that sure
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5])
+def test_agreement_rejects_a_confidence_outside_0_1(bad):
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    with pytest.raises(ValueError, match="confident_at"):
+        agreement(net, net, torch.randn(2, 4), confident_at=bad)
 
 
 @needs_weights
