@@ -201,15 +201,10 @@ bool run_narrow(const View<S>& x, const Operand<T>& weight, const T* bias, const
     const int64_t cout = y.c, gw = win.width, ldo = Blocks::round_up(cout, k.lanes);
     Aligned<T> wt(static_cast<size_t>(gw * ldo)), b(static_cast<size_t>(ldo));
     std::vector<int32_t> index(gw * ldo, 0);
-    for (int64_t w = 0; w < win.count; ++w) {
-      for (int64_t i = win.offsets[w]; i < win.offsets[w + 1]; ++i) {
-        const int64_t o = win.outputs[i];
-        for (int64_t j = 0; j < gw; ++j) {
-          wt[j * ldo + o] = weight.data[o * weight.s0 + j * weight.s1];
-          index[j * ldo + o] = static_cast<int32_t>(win.columns[w * gw + j]);
-        }
-      }
-    }
+    transpose_weight(k, weight, 0, 1, cout, gw, wt.data(), ldo);
+    for (int64_t w = 0; w < win.count; ++w)
+      for (int64_t i = win.offsets[w]; i < win.offsets[w + 1]; ++i)
+        for (int64_t j = 0; j < gw; ++j) index[j * ldo + win.outputs[i]] = static_cast<int32_t>(win.columns[w * gw + j]);
     if (bias) std::copy(bias, bias + cout, b.data());
     NarrowArgs<T> a{};
     a.x_step = xs;

@@ -75,13 +75,14 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
   // j * cd + w for the group's j), so a depth block of them is one run in L1; bias per window
   // [ldt]. Padding lanes get zeros.
   Aligned<T> wt(static_cast<size_t>(cd * groups * gw * ldw)), b(static_cast<size_t>(cd * ldt));
-  for (int64_t w = 0; w < cd; ++w)
-    for (int64_t j = 0; j * cd + w < cout; ++j) {
-      const int64_t o = j * cd + w;
-      T* row = wt.data() + ((w * groups + j / ldw) * gw) * ldw + j % ldw;
-      for (int64_t c = 0; c < gw; ++c) row[c * ldw] = weight.data[o * weight.s0 + c * weight.s1];
-      if (bias) b[size_t(w * ldt + j)] = bias[o];
-    }
+  for (int64_t w = 0; w < cd; ++w) {
+    const int64_t outputs = Blocks::ceil_div(cout - w, cd);  // j * cd + w < cout
+    for (int64_t g = 0; g * ldw < outputs; ++g)
+      transpose_weight(k, weight, g * ldw * cd + w, cd, std::min(ldw, outputs - g * ldw), gw,
+                       wt.data() + (w * groups + g) * gw * ldw, ldw);
+    if (bias)
+      for (int64_t j = 0; j < outputs; ++j) b[size_t(w * ldt + j)] = bias[j * cd + w];
+  }
   const int64_t span = cd * group * L;  // buffer elements per pixel
   const int64_t depth = std::min(gw, std::max<int64_t>(8, kWeightBytes / (ldw * int64_t(sizeof(T)))));
   const int64_t row_bytes = std::max(cin, span) * int64_t(sizeof(T));
@@ -190,10 +191,8 @@ bool run_stacked_gemm(const View<T>& x, const Operand<T>& weight, const T* bias,
   // number of cache lines long; bias [ldo]; zeros past cout.
   const int64_t w_step = odd_lines(gw * L, L);
   Aligned<T> wt(static_cast<size_t>(vectors * w_step)), b(static_cast<size_t>(ldo));
-  for (int64_t v = 0; v < vectors; ++v)  // written in order
-    for (int64_t c = 0; c < gw; ++c)
-      for (int64_t o = v * L; o < std::min(cout, v * L + L); ++o)
-        wt[size_t(v * w_step + c * L + o % L)] = weight.data[o * weight.s0 + c * weight.s1];
+  for (int64_t v = 0; v < vectors; ++v)
+    transpose_weight(k, weight, v * L, 1, std::min(L, cout - v * L), gw, wt.data() + v * w_step, L);
   if (bias) std::copy(bias, bias + cout, b.data());
   std::vector<int64_t> first(static_cast<size_t>(cd));
   bool wraps = false;  // some window reads past the row's end (a wrapping window, or padding)
