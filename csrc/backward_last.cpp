@@ -78,8 +78,14 @@ WindowBackward run_window_backward(const View<T>& gy, const View<T>& x, const Op
   // Weights in window order (row i: output outputs[i]).
   Aligned<T> wp(static_cast<size_t>(gx ? cout * gw : 0));
   if (gx)
-    for (int64_t i = 0; i < cout; ++i)
-      for (int64_t c = 0; c < gw; ++c) wp[size_t(i * gw + c)] = weight.data[win.outputs[i] * weight.s0 + c * weight.s1];
+    for (int64_t i = 0; i < cout; ++i) {
+      const T* row = weight.data + win.outputs[i] * weight.s0;
+      if (weight.s1 == 1) {
+        std::copy(row, row + gw, wp.data() + i * gw);
+      } else {
+        for (int64_t c = 0; c < gw; ++c) wp[size_t(i * gw + c)] = row[c * weight.s1];
+      }
+    }
   std::vector<int64_t> iota(ldm);  // the input gradient's depth runs over a window's outputs
   for (int64_t j = 0; j < ldm; ++j) iota[j] = j;
 
