@@ -8,9 +8,12 @@
 // epilogue runs on each group of rows as soon as rows() has finished them, while they are in
 // cache; the residual is read in place where the output is, else packed like the input.
 //
-// fp32/fp64 layers go first to the narrow kernel (channels_last, few input channels), then to
-// the stacked kernel (forward_last.cpp: channels_last expansions with the paper's output
-// assignment), then to the window-by-window kernel (forward_last.cpp: that assignment, enough
+// fp32/fp64 layers go first to the stacked kernel (forward_last.cpp: channels_last expansions
+// with the paper's output assignment; with at most 32 input channels it stacks each row by
+// permutes, and beats the narrow kernel: paired, one thread, batch 16, grouped/SCC, 16->96
+// 112x112 1.63 -> 2.37, 24->96 28x28 0.99 -> 1.47, 32->128 0.77 -> 1.06, 24->144 56x56 2.28 ->
+// 2.46), then to the narrow kernel (channels_last, few input channels), then to the
+// window-by-window kernel (forward_last.cpp: that assignment, enough
 // outputs per window; channels_last, or NCHW with deep windows); this driver takes the rest.
 #include "drivers.h"
 
@@ -236,12 +239,6 @@ bool run_narrow(const View<S>& x, const Operand<T>& weight, const T* bias, const
   }
 }
 
-// Wide expansions of 32 input channels go to the stacked kernel before the narrow one, whose
-// permutes then span two vectors (paired, one thread, batch 16, channels_last, caches evicted:
-// 32->192 at 28x28 1.3x, at 14x14 1.15x, at 56x56 1.08x faster; 32->128 28x28 even, 32->64
-// 0.64x, 24->96 0.75x and 16->96 0.65x, which stay narrow).
-constexpr bool stacked_before_narrow(int64_t cin, int64_t cout) { return cin >= 32 && cout >= 6 * cin; }
-
 }  // namespace
 
 namespace {
@@ -267,13 +264,10 @@ void forward_into(const at::Tensor& input, const at::Tensor& weight, const std::
     }
     const Operand<T> wo = w.operand();
     if constexpr (std::is_same_v<T, S>) {
-      if (stacked_before_narrow(xv.c, yv.c) &&
-          run_stacked_gemm<T>(xv, wo, b.data(), win, yv, epi.activation, epi.residual))
-        return;
+      if (run_stacked_gemm<T>(xv, wo, b.data(), win, yv, epi.activation, epi.residual)) return;
     }
     if (run_narrow<T, S>(xv, wo, b.data(), win, yv, epi)) return;
     if constexpr (std::is_same_v<T, S>) {
-      if (run_stacked_gemm<T>(xv, wo, b.data(), win, yv, epi.activation, epi.residual)) return;
       if (run_window_gemm<T>(xv, wo, b.data(), win, yv, epi.activation, epi.residual)) return;
     }
     Forward<T, S>(xv, wo, b.data(), win, yv, epi).run();

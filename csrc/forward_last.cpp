@@ -203,6 +203,14 @@ bool run_stacked_gemm(const View<T>& x, const Operand<T>& weight, const T* bias,
   // Depth blocks: one block of weight columns of a register tile's vectors stays in L1.
   const int64_t span = std::max<int64_t>(16, kWeightBytes / (k.gemm_vectors * L * int64_t(sizeof(T))));
   const int64_t depth_blocks = Blocks::ceil_div(gw, span), per_block = Blocks::ceil_div(gw, depth_blocks);
+  // Rows of at most stack_permute_cin channels are stacked by permutes in registers: the table
+  // of z's used vectors (positions k * cd + w, k < gw) into the row.
+  const bool permute = k.stack_permute && cin <= k.stack_permute_cin;
+  const int64_t index_vectors = permute ? Blocks::ceil_div(cd * gw, L) : 0;
+  std::vector<int32_t> index(static_cast<size_t>(index_vectors * L), 0);
+  for (int64_t m = 0; m < std::min<int64_t>(cd * gw, index_vectors * L); ++m)
+    index[size_t(m)] = static_cast<int32_t>((first[size_t(m % cd)] + m / cd) % cin);
+  if (permute) wraps = false;
   const int64_t z_step = odd_lines(cd * depth, L), row = wraps ? Blocks::round_up(cin + depth, L) + L : 0;
   const int64_t t_step = depth_blocks > 1 ? odd_lines(ldo, L) : 0;
   const int64_t pixels = x.n * x.h * x.w, threads = at::get_num_threads();
@@ -223,6 +231,8 @@ bool run_stacked_gemm(const View<T>& x, const Operand<T>& weight, const T* bias,
     sa.z = z;
     sa.z_step = z_step;
     sa.row = wraps ? z + block * (z_step + t_step) : nullptr;
+    sa.index = index.data();
+    sa.index_vectors = index_vectors;
     StackedGemmArgs<T> g{};
     g.z_step = z_step;
     g.windows = cd;
@@ -240,7 +250,7 @@ bool run_stacked_gemm(const View<T>& x, const Operand<T>& weight, const T* bias,
       const int64_t p0 = c * block, len = std::min(block, pixels - p0);
       sa.x = x.data + p0 * xs;
       sa.pixels = len;
-      k.stack(sa);
+      (permute ? k.stack_permute : k.stack)(sa);
       // The next block's inputs are asked for while this one computes (Prefetch; paired, one
       // thread, batch 16: 64->256 56x56 1.2x, 128->512 28x28 1.2x faster).
       Prefetch next = following_pixels(x.data, xs, p0, len, pixels,

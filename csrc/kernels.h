@@ -173,6 +173,10 @@ struct StackArgs {
   int64_t z_step;
   T* row;
   int64_t pixels;
+  // stack_permute() only: z[p]'s first index_vectors vectors, lane l of vector q being
+  // x[p][index[q * lanes + l]] (cin <= Kernels::stack_permute_cin; the rest of z[p] unwritten).
+  const int32_t* index;
+  int64_t index_vectors;
 };
 
 // The forward of a layer with the paper's output assignment and cd dividing the vector length,
@@ -225,6 +229,8 @@ struct Kernels {
   void (*stacked_gemm)(const StackedGemmArgs<T>& args);
   int narrow_cin;  // 0: no narrow kernel for this instruction set and type
   void (*narrow)(const NarrowArgs<T>& args);
+  int stack_permute_cin;  // 0: no stack_permute (it permutes whole input rows in registers)
+  void (*stack_permute)(const StackArgs<T>& args);
   // One lanes x lanes block between pixel-major rows and a channel-major tile:
   // to_tile: dst[c * ld + i] = src[i][c]; from_tile: dst[i][c] = src[c * ld + i].
   void (*to_tile)(const T* const* src, T* dst, int64_t ld);

@@ -42,6 +42,21 @@ SCC_TARGET void stack(const StackArgs<T>& a) {
   by_windows<T>(a.windows, [&](auto cd) { stack_cd<T, decltype(cd)::value>(a); });
 }
 
+#if defined(SCC_NARROW)
+// stack() for rows of at most 32 channels: the row in two registers, each vector of z one
+// two-register permute (32->192: 4 permutes a pixel instead of a row copy, 8 loads, 24 zips).
+SCC_TARGET void stack_permute(const StackArgs<float>& a) {
+  const __mmask16 lo_lanes = first_lanes(a.cin), hi_lanes = first_lanes(a.cin - 16);
+  for (int64_t p = 0; p < a.pixels; ++p) {
+    const float* x = a.x + p * a.x_step;
+    const __m512 lo = _mm512_maskz_loadu_ps(lo_lanes, x), hi = _mm512_maskz_loadu_ps(hi_lanes, x + 16);
+    float* z = a.z + p * a.z_step;
+    for (int64_t q = 0; q < a.index_vectors; ++q)
+      _mm512_storeu_ps(z + q * 16, _mm512_permutex2var_ps(lo, _mm512_loadu_si512(a.index + q * 16), hi));
+  }
+}
+#endif
+
 template <typename V, typename S, int... I>
 SCC_TARGET SCC_INLINE V repeat(S s, std::integer_sequence<int, I...>) {
   return __builtin_shufflevector(s, s, (I % (sizeof(S) / sizeof(s[0])))...);

@@ -69,8 +69,9 @@ def test_fused_matches_reference_fp64(cpu_backend, activation, residual_layout, 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("cin,cout,h", [(16, 96, 14), (24, 144, 9), (32, 20, 8), (144, 24, 12), (320, 1280, 7)])
 def test_fused_float32_is_the_unfused_result_to_rounding(cpu_backend, activation, layout, cin, cout, h):
-    """fp32 on model layer shapes (narrow and wide inputs, the narrow channels_last kernel
-    included) against the same op unfused, then torch's add and activation."""
+    """fp32 on model layer shapes (narrow and wide inputs; in channels_last the stacked kernel,
+    rows stacked by permutes for 16 and 24 channels, and the narrow kernel for 32 -> 20) against
+    the same op unfused, then torch's add and activation."""
     x, weight, bias, residual = _case(4, cin, cout, 4, h, h, torch.float32, layout, layout)
     y = scc_conv2d_fused_op(x, weight, bias, 4, 0.5, None, activation, residual)
     unfused = TORCH[activation](torch.ops.scc.scc_conv2d(x, weight, bias, 4, 0.5, None) + residual)

@@ -115,7 +115,10 @@ STACKED = [
     (2, 36, 80, 1, 0.0, 3, 3),  # cd = 1 (a dense layer)
     (1, 512, 1024, 4, 0.5, 3, 5),  # 128-channel windows: partial sums across depth blocks
     (1, 400, 800, 4, 0.5, 2, 3),  # 100-channel windows in two depth blocks of 50
-    (2, 32, 192, 4, 0.5, 3, 5),  # 32 input channels, 6x wider: before the narrow kernel
+    (2, 32, 192, 4, 0.5, 3, 5),  # rows of at most 32 channels are stacked by permutes (AVX-512)
+    (2, 24, 144, 4, 0.5, 3, 5),  # ... 24 of them: the second register partly masked
+    (2, 16, 96, 4, 0.5, 4, 4),  # ... 16: one register
+    (2, 24, 72, 2, 0.5, 3, 3),  # ... cd = 4
 ]
 
 
@@ -215,11 +218,12 @@ def test_channels_last_window_and_stacked_epilogue_matches_reference(activation,
 
 
 @needs_kernel
-@pytest.mark.parametrize("cin,cout,h,w", [(64, 1024, 64, 64), (192, 256, 128, 128), (16, 80, 229, 230)])
+@pytest.mark.parametrize("cin,cout,h,w", [(64, 1024, 64, 64), (192, 256, 128, 128), (16, 80, 229, 230),
+                                         (32, 48, 300, 300)])
 def test_channels_last_output_too_large_for_the_caches_is_streamed_correctly(cin, cout, h, w):
     """16.8 MB fp32 outputs are stored past the caches (non-temporal stores): the stacked
-    kernel's (64 -> 1024), the window kernel's (192 -> 256) and the narrow kernel's (16 input
-    channels), with bias, residual and activation."""
+    kernel's (64 -> 1024, and 16 -> 80 stacked by permutes), the window kernel's (192 -> 256)
+    and the narrow kernel's (32 -> 48), with bias, residual and activation."""
     gen = torch.Generator().manual_seed(cin + cout)
     x = torch.randn(1, cin, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(cout, cin // 4, generator=gen)
@@ -232,7 +236,8 @@ def test_channels_last_output_too_large_for_the_caches_is_streamed_correctly(cin
 
 @needs_kernel
 @pytest.mark.parametrize("n,cin,cout,cg,co,h", [
-    (2, 16, 80, 4, 0.5, 9),  # channels_last: the narrow kernel
+    (2, 16, 80, 4, 0.5, 9),  # channels_last: the stacked kernel, rows stacked by permutes
+    (2, 32, 40, 4, 0.5, 9),  # channels_last: the narrow kernel
     (2, 64, 256, 4, 0.5, 7),  # channels_last: the stacked kernel
     (2, 128, 200, 4, 0.5, 7),  # channels_last: window by window
     (2, 96, 96, 2, 0.25, 9),  # channels_last: the transposing tiles

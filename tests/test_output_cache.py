@@ -69,10 +69,11 @@ def test_the_limit_bounds_what_is_kept_and_zero_keeps_nothing(cache):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("cin,cout,cg,co,h", [(64, 256, 4, 0.5, 32), (16, 96, 4, 0.5, 48), (96, 96, 2, 0.25, 40)])
+@pytest.mark.parametrize("cin,cout,cg,co,h", [(64, 256, 4, 0.5, 32), (16, 96, 4, 0.5, 48), (32, 40, 4, 0.5, 48),
+                                              (96, 96, 2, 0.25, 40)])
 def test_a_dirty_reused_block_does_not_leak_into_forward_or_input_gradient(cache, layout, cin, cout, cg, co, h):
-    """Each kernel path (NCHW tiles, channels_last window GEMM, the narrow kernel, wrapping
-    windows) writes every element: the blocks it gets are filled with NaN by their last owner."""
+    """Each kernel path (NCHW tiles, the channels_last stacked kernel, with rows stacked by
+    permutes for 16 channels, the narrow kernel, wrapping windows) writes every element: the blocks it gets are filled with NaN by their last owner."""
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     gen = torch.Generator().manual_seed(cin + h)
     x = torch.randn(4, cin, h, h, generator=gen).contiguous(memory_format=fmt).requires_grad_()
