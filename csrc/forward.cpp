@@ -53,6 +53,7 @@ struct Forward {
   std::vector<int64_t> a_row, a_col, b_row_in, b_row_packed, c_row_in, c_row_packed, r_row_in;
   std::vector<T> init;
   int64_t ld = 0, step = 0, depth_block = 0, x_step = 0;
+  const int64_t tile_px = k.lanes * k.rows_vectors;  // pixels of rows()'s register tile
   bool r_place = false;
 
   Forward(const View<S>& x_, const Operand<T>& w_, const T* b_, const Windows& win_, const View<S>& y_,
@@ -69,7 +70,6 @@ struct Forward {
     // Blocks of whole register tiles (rows() runs the pixels in tiles of rows_vectors
     // vectors; a 64-pixel block left a 16-pixel tail of one-vector tiles: 5-10% on 7x7 layers
     // with 1024+ input channels).
-    const int64_t tile_px = L * k.rows_vectors;
     int64_t target = std::clamp<int64_t>(kInputTileBytes / (cin * int64_t(sizeof(T))), 4 * L, kMaxBlock);
     target = std::max(tile_px, target / tile_px * tile_px);
     const Blocks blocks(x.n, x.pixels(), per_image, L, target, 2 * threads);
@@ -117,7 +117,7 @@ struct Forward {
   // Pixels [first, first + len) of the flattened N*H*W; in place only where allowed (then len
   // is a multiple of the vector length and the pixels lie in one image).
   void part(int64_t first, int64_t len, bool x_in, bool y_in, T* scratch, PixelRuns& px) {
-    const int64_t padded = Blocks::round_up(len, k.lanes), tile_px = k.lanes * k.rows_vectors;
+    const int64_t padded = Blocks::round_up(len, k.lanes);
     Tile<T> xt{scratch, ld}, yt{scratch + x.c * ld, ld}, rt{scratch + (x.c + y.c) * ld, ld};
     if (x_in) {
       xt = in_place<T>(x, first);

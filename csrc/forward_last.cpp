@@ -194,23 +194,23 @@ bool run_stacked_gemm(const View<T>& x, const Operand<T>& weight, const T* bias,
   for (int64_t v = 0; v < vectors; ++v)
     transpose_weight(k, weight, v * L, 1, std::min(L, cout - v * L), gw, wt.data() + v * w_step, L);
   if (bias) std::copy(bias, bias + cout, b.data());
+  // Rows of at most stack_permute_cin channels are stacked by permutes in registers, from a
+  // table of z's used vectors (positions k * cd + w, k < gw) into the row; the others by zips,
+  // through a copy of the row extended cyclically where some window reads past its end.
+  const bool permute = k.stack_permute && cin <= k.stack_permute_cin;
   std::vector<int64_t> first(static_cast<size_t>(cd));
-  bool wraps = false;  // some window reads past the row's end (a wrapping window, or padding)
+  bool wraps = false;  // zips only: some window reads past the row's end (it wraps, or padding)
   for (int64_t w = 0; w < cd; ++w) {
     first[size_t(w)] = win.first(w);
-    wraps |= win.first(w) + depth > cin;
+    wraps |= !permute && win.first(w) + depth > cin;
   }
+  const int64_t index_vectors = permute ? Blocks::ceil_div(cd * gw, L) : 0;
+  std::vector<int32_t> index(static_cast<size_t>(index_vectors * L), 0);
+  for (int64_t m = 0; m < std::min(cd * gw, index_vectors * L); ++m)
+    index[size_t(m)] = static_cast<int32_t>((first[size_t(m % cd)] + m / cd) % cin);
   // Depth blocks: one block of weight columns of a register tile's vectors stays in L1.
   const int64_t span = std::max<int64_t>(16, kWeightBytes / (k.gemm_vectors * L * int64_t(sizeof(T))));
   const int64_t depth_blocks = Blocks::ceil_div(gw, span), per_block = Blocks::ceil_div(gw, depth_blocks);
-  // Rows of at most stack_permute_cin channels are stacked by permutes in registers: the table
-  // of z's used vectors (positions k * cd + w, k < gw) into the row.
-  const bool permute = k.stack_permute && cin <= k.stack_permute_cin;
-  const int64_t index_vectors = permute ? Blocks::ceil_div(cd * gw, L) : 0;
-  std::vector<int32_t> index(static_cast<size_t>(index_vectors * L), 0);
-  for (int64_t m = 0; m < std::min<int64_t>(cd * gw, index_vectors * L); ++m)
-    index[size_t(m)] = static_cast<int32_t>((first[size_t(m % cd)] + m / cd) % cin);
-  if (permute) wraps = false;
   const int64_t z_step = odd_lines(cd * depth, L), row = wraps ? Blocks::round_up(cin + depth, L) + L : 0;
   const int64_t t_step = depth_blocks > 1 ? odd_lines(ldo, L) : 0;
   const int64_t pixels = x.n * x.h * x.w, threads = at::get_num_threads();

@@ -26,8 +26,8 @@ struct Prefetch {
   static constexpr int64_t kBurst = 8;
 
   Prefetch(const void* begin, int64_t bytes, int64_t steps)
-      : at(static_cast<const char*>(begin)), end(at + (bytes > 0 ? bytes : 0)),
-        per_step(std::min(kBurst, ((bytes > 0 ? bytes : 0) / 64 + steps) / (steps > 1 ? steps : 1))) {}
+      : at(static_cast<const char*>(begin)), end(at + std::max<int64_t>(bytes, 0)),
+        per_step(std::min(kBurst, (std::max<int64_t>(bytes, 0) / 64 + steps) / std::max<int64_t>(steps, 1))) {}
 
   void step() {
     for (int64_t i = 0; i < per_step && at < end; ++i, at += 64) __builtin_prefetch(at, 0, 2);
