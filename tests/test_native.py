@@ -266,6 +266,24 @@ def test_forward_in_place_writes_the_functional_result_over_the_residual(n, cin,
 
 
 @needs_kernel
+@pytest.mark.parametrize("cin,cout,cg,co", [
+    (64, 256, 4, 0.5),  # the stacked kernel (and the window backward)
+    (24, 144, 4, 0.5),  # rows stacked by permutes
+    (192, 256, 4, 0.5),  # window by window
+    (32, 40, 4, 0.5),  # the narrow kernel
+    (96, 96, 2, 0.25),  # the transposing tiles
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channels_last_kernels_take_a_column_major_weight(cin, cout, cg, co, dtype):
+    """The kernels pack their weights from any strides (a transposed view: no unit-stride rows)."""
+    gen = torch.Generator().manual_seed(cin + cout)
+    x = torch.randn(2, cin, 5, 6, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(cin // cg, cout, generator=gen).to(dtype).t()
+    assert weight.stride(1) != 1
+    _check(x, weight, torch.randn(cout, generator=gen).to(dtype), cg, co, tol=1e-10 if dtype == torch.float64 else 1e-5)
+
+
+@needs_kernel
 def test_noncontiguous_grad_output_and_custom_window_of():
     x = torch.randn(2, 16, 6, 10, dtype=torch.float64)
     window_of = [o % 8 for o in range(24)][::-1]
