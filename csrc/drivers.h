@@ -106,6 +106,13 @@ template <typename T>
 bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, const Windows& win,
                      const View<T>& y, Activation activation, const View<T>* residual);
 
+// The channels_last forward by 4-channel dot products (forward_last.cpp), for T = S = float or
+// double: false (nothing written) when the layer does not suit it (strides, output assignment,
+// window starts, outputs per window).
+template <typename T>
+bool run_quad_dots(const View<T>& x, const Operand<T>& weight, const T* bias, const Windows& win,
+                   const View<T>& y, Activation activation, const View<T>* residual);
+
 // The channels_last forward with stacked rows (forward_last.cpp), for T = S = float or double:
 // false (nothing written) when the layer does not suit it (strides, output assignment, cd).
 template <typename T>

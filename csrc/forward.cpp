@@ -14,7 +14,9 @@
 // 112x112 1.63 -> 2.37, 24->96 28x28 0.99 -> 1.47, 32->128 0.77 -> 1.06, 24->144 56x56 2.28 ->
 // 2.46), then to the narrow kernel (channels_last, few input channels), then to the
 // window-by-window kernel (forward_last.cpp: that assignment, enough
-// outputs per window; channels_last, or NCHW with deep windows); this driver takes the rest.
+// outputs per window; channels_last, or NCHW with deep windows), then to the 4-channel dot
+// kernel (forward_last.cpp: channels_last, few outputs per window, deep windows); this driver
+// takes the rest.
 #include "drivers.h"
 
 #include <ATen/Parallel.h>
@@ -269,6 +271,7 @@ void forward_into(const at::Tensor& input, const at::Tensor& weight, const std::
     if (run_narrow<T, S>(xv, wo, b.data(), win, yv, epi)) return;
     if constexpr (std::is_same_v<T, S>) {
       if (run_window_gemm<T>(xv, wo, b.data(), win, yv, epi.activation, epi.residual)) return;
+      if (run_quad_dots<T>(xv, wo, b.data(), win, yv, epi.activation, epi.residual)) return;
     }
     Forward<T, S>(xv, wo, b.data(), win, yv, epi).run();
   });

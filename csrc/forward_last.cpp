@@ -38,6 +38,15 @@ constexpr int64_t kNchwDepth = 128;
 constexpr int64_t kNchwPixels[2] = {128, 256};
 // The stacked kernel takes layers with at least this many outputs per input channel.
 constexpr int64_t kStackedExpansion = 2;
+// The 4-channel dot kernel takes windows at least this deep, with at most this many output
+// vectors each (one register-tile block; paired against the tiles, grouped/SCC, one thread,
+// batch 16, caches evicted between calls, two runs each: 256->128 56x56 0.85-0.90 -> 1.26-1.32,
+// 512->128 28x28 0.71 -> 0.97-0.98, 576->96 14x14 0.84-0.86 -> 1.01, 384->96 14x14 0.81-0.83 ->
+// 0.97-0.98, 256->64 56x56 1.20-1.23 -> 1.28; shallower or wider it lost: 64->64 56x56 (16
+// channels) 1.04-1.28 -> 0.77-0.92, 192->64 14x14 (48) 0.72-0.74 -> 0.62-0.63, 576->160 and
+// 960->160 7x7 (5 vectors) 0.93-0.98 -> 0.84-0.89).
+constexpr int64_t kQuadDepth = 64;
+constexpr int64_t kQuadVectors = 4;
 // It stores outputs this large past the caches: its vector blocks write each pixel's outputs
 // in several strided passes, which the write-allocate misses of a cold output make slow
 // (grouped/SCC, one thread, batch 16, the PyTorch path run between calls to evict the caches,
@@ -164,6 +173,96 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
   return true;
 }
 
+// The 4-channel dot kernel: channels_last layers with the paper's output assignment and too
+// few outputs per window for the window kernel's whole vectors (cout / cd = 8 at cg=4 co=0.5
+// for 256->64, 384->64, 192->64, 64->64; 16 for 512->128, 256->128, 128->128). Window by window,
+// each pixel's window channels are read 4 at a time, broadcast to the G = lanes / 4 outputs a
+// vector holds (quad_dots, kernels.h), into a buffer in window order that interleave() writes
+// out in output order with the epilogue. Windows must start at multiples of 4 channels (they
+// then wrap around the channel axis between groups of 4).
+template <typename T>
+bool run_quad_dots(const View<T>& x, const Operand<T>& weight, const T* bias, const Windows& win,
+                   const View<T>& y, Activation activation, const View<T>* residual) {
+  const Kernels<T>& k = kernels<T>();
+  const int64_t L = k.lanes, G = L / 4, cd = win.count, cin = x.c, cout = y.c, gw = win.width;
+  if (!k.quad_dots || cd > k.interleave_max || L % cd != 0 || (cd & (cd - 1)) != 0) return false;
+  if (cout % cd != 0 || gw % 4 != 0 || cin % 4 != 0 || (cout / cd) % G != 0 || gw < kQuadDepth) return false;
+  if (cout / cd > kQuadVectors * G) return false;
+  const int64_t xs = uniform_pixel_step(x), ys = uniform_pixel_step(y);
+  const int64_t rs = residual ? uniform_pixel_step(*residual) : 0;
+  if (!xs || !ys || (residual && !rs) || !win.interleaves() || !win.consecutive(cin)) return false;
+  for (int64_t w = 0; w < cd; ++w)
+    if (win.first(w) % 4 != 0) return false;
+  const int64_t pw = cout / cd, vectors = pw / G, quads = gw / 4;
+  // Weights per window [quads][vectors][L] (lanes (c, i) of vector v at step q: column 4q + i
+  // of the window's output v * G + c, i.e. channel j * cd + w for j = v * G + c); bias and
+  // window channels per window, in window order.
+  Aligned<T> wt(static_cast<size_t>(cd * quads * vectors * L));
+  std::vector<T> b(static_cast<size_t>(cout), T(0));
+  std::vector<int64_t> col(static_cast<size_t>(cd * quads));
+  for (int64_t w = 0; w < cd; ++w) {
+    T* dst = wt.data() + w * quads * vectors * L;
+    for (int64_t j = 0; j < pw; ++j) {
+      const T* row = weight.data + (j * cd + w) * weight.s0;
+      for (int64_t q = 0; q < quads; ++q)
+        for (int64_t i = 0; i < 4; ++i)
+          dst[(q * vectors + j / G) * L + (j % G) * 4 + i] = row[(4 * q + i) * weight.s1];
+      if (bias) b[size_t(w * pw + j)] = bias[j * cd + w];
+    }
+    for (int64_t q = 0; q < quads; ++q) col[size_t(w * quads + q)] = (win.first(w) + 4 * q) % cin;
+  }
+  // Buffer per pixel: the cd windows' outputs, then room for interleave()'s whole-vector reads.
+  const int64_t t_step = odd_lines(cout + L, L);
+  const int64_t row_bytes = std::max(cin, t_step) * int64_t(sizeof(T));
+  const int64_t pixels = x.n * x.h * x.w, threads = at::get_num_threads();
+  int64_t block = std::clamp<int64_t>(kBlockBytes / row_bytes, 16, kMaxBlock);
+  while (block > 16 && Blocks::ceil_div(pixels, block) < 2 * threads) block = Blocks::ceil_div(block, 2);
+  const int64_t count = Blocks::ceil_div(pixels, block);
+  const int64_t grain = std::max<int64_t>(1, kParallelMacs / (block * cout * gw));
+  const bool stream = cout * pixels * int64_t(sizeof(T)) >= kStreamBytes &&
+                      ys * int64_t(sizeof(T)) % 64 == 0 && reinterpret_cast<uintptr_t>(y.data) % 64 == 0;
+  at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
+    T* t = static_cast<T*>(thread_scratch(size_t(block * t_step) * sizeof(T)));
+    QuadDotsArgs<T> g{};
+    g.x_step = xs;
+    g.t_step = t_step;
+    g.quads = quads;
+    g.count = vectors;
+    InterleaveArgs<T> e{};
+    e.t = t;
+    e.t_step = t_step;
+    e.ldt = pw;
+    e.windows = cd;
+    e.cout = cout;
+    e.y_step = ys;
+    e.r_step = rs;
+    e.activation = activation;
+    e.stream = stream;
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t p0 = c * block, len = std::min(block, pixels - p0);
+      // The next block's inputs are asked for while this one computes, a step per line of the
+      // register tile's rows (Prefetch; a step per register tile, at most 8 lines, asked for
+      // half of them: paired, 256->128 56x56 0.94 -> 1.47x, 512->128 28x28 1.00 -> 1.39x).
+      Prefetch next = following_pixels(x.data, xs, p0, len, pixels, Blocks::ceil_div(len, 8) * cd * (quads / 4));
+      g.ahead = &next;
+      g.x = x.data + p0 * xs;
+      g.pixels = len;
+      for (int64_t w = 0; w < cd; ++w) {
+        g.col = col.data() + w * quads;
+        g.w = wt.data() + w * quads * vectors * L;
+        g.bias = bias ? b.data() + w * pw : nullptr;
+        g.t = t + w * pw;
+        k.quad_dots(g);
+      }
+      e.y = y.data + p0 * ys;
+      e.r = residual ? residual->data + p0 * rs : nullptr;
+      e.pixels = len;
+      k.interleave(e);
+    }
+  });
+  return true;
+}
+
 // The stacked kernel: channels_last layers with the paper's output assignment, consecutive
 // windows and cd dividing the vector length, any number of outputs per window. Per pixel block,
 // stack() lays each pixel's window channels side by side (weight column k of every window, cd
@@ -276,6 +375,11 @@ template bool run_stacked_gemm<float>(const View<float>&, const Operand<float>&,
                                       const View<float>&, Activation, const View<float>*);
 template bool run_stacked_gemm<double>(const View<double>&, const Operand<double>&, const double*,
                                        const Windows&, const View<double>&, Activation, const View<double>*);
+
+template bool run_quad_dots<float>(const View<float>&, const Operand<float>&, const float*, const Windows&,
+                                   const View<float>&, Activation, const View<float>*);
+template bool run_quad_dots<double>(const View<double>&, const Operand<double>&, const double*, const Windows&,
+                                    const View<double>&, Activation, const View<double>*);
 
 template bool run_window_gemm<float>(const View<float>&, const Operand<float>&, const float*, const Windows&,
                                      const View<float>&, Activation, const View<float>*);

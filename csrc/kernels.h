@@ -130,6 +130,27 @@ struct WindowGemmArgs {
   Prefetch* ahead;  // nullptr: none; else one step() per register tile
 };
 
+// The forward of one window by 4-channel dot products, for channels_last layers with few
+// outputs per window (a vector of them would be mostly padding): a vector holds G = lanes / 4
+// outputs x 4 consecutive channels; per step q, each pixel's channels col[q] .. col[q] + 3 are
+// broadcast to the G groups once and multiply J weight vectors, and after the last step the
+// groups' 4 lanes are summed (two rounds of half shuffles for 4 accumulators):
+//   t[p][j] = bias[j] + sum_{q < quads, i < 4} x[p][col[q] + i] * w[q][j / G][(j % G) * 4 + i]
+// for p < pixels, j < count * G, with x[p] = x + p * x_step, t[p] = t + p * t_step, w[q] the
+// count vectors of step q (bias nullptr: zero).
+template <typename T>
+struct QuadDotsArgs {
+  const T* x;
+  int64_t x_step;
+  const int64_t* col;
+  const T* w;
+  const T* bias;
+  T* t;
+  int64_t t_step;
+  int64_t pixels, quads, count;
+  Prefetch* ahead;  // nullptr: none; else one step() per 4 steps of a register tile (a line of its rows)
+};
+
 // The outputs of cd windows (t[p] + w * ldt: window w's, in order) back into output order,
 // where window w's j-th output is channel j * cd + w (the paper's assignment), with the
 // epilogue: y[p][j * cd + w] = act(t[p][w * ldt + j] + r[p][j * cd + w]) for j * cd + w < cout.
@@ -223,6 +244,7 @@ struct Kernels {
   int interleave_max;  // largest cd interleave() takes (a power of two dividing lanes)
   void (*window_gemm)(const WindowGemmArgs<T>& args);
   void (*interleave)(const InterleaveArgs<T>& args);
+  void (*quad_dots)(const QuadDotsArgs<T>& args);  // nullptr: vectors of fewer than 4 lanes
   void (*deinterleave)(const DeinterleaveArgs<T>& args);  // takes the same cd as interleave()
   int stack_max;  // largest cd stack() and stacked_gemm() take (a power of two dividing lanes)
   void (*stack)(const StackArgs<T>& args);

@@ -19,6 +19,8 @@
 // window_gemm(): channels_last, one window's outputs for a block of pixels: R broadcast input
 // channels and J weight vectors make R * J multiply-adds. interleave(): those outputs of cd
 // windows back into output order (log2(cd) rounds of zips per cd vectors), with the epilogue.
+// quad_dots(): channels_last, one window's few outputs as dot products over 4-channel groups
+// (broadcasts of 4 input channels times J weight vectors, the groups summed at the end).
 // narrow(): channels_last rows of a layer with at most 32 input channels, vectorised along
 // output channels (AVX-512 permutes; see NarrowArgs). stack() and stacked_gemm(): channels_last
 // expansions, vectorised along consecutive outputs of several windows (see StackedGemmArgs).
@@ -455,6 +457,7 @@ Kernels<T> make_kernels(const char* isa) {
   k.interleave_max = std::min(16, Vec<T>::lanes);
   k.window_gemm = &window_gemm<T>;
   k.interleave = &interleave<T>;
+  if constexpr (Vec<T>::lanes >= 4) k.quad_dots = &quad_dots<T>;
   k.deinterleave = &deinterleave<T>;
   k.stack_max = std::min(16, Vec<T>::lanes);
   k.stack = &stack<T>;

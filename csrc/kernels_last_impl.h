@@ -149,6 +149,146 @@ SCC_TARGET void window_gemm(const WindowGemmArgs<T>& a) {
     window_gemm_pick<T>(a, v0, std::min(per, a.count - v0), std::make_integer_sequence<int, J>{});
 }
 
+// -- channels_last: 4-channel dot products (QuadDotsArgs) ---------------------------------------
+
+// Lanes 4c + m of quad_sum(a) hold the sum of group c's 4 lanes of a[m'] (m' = 0, 2, 1, 3 for m =
+// 0, 1, 2, 3): two rounds of half shuffles, as reduce_step() does for whole vectors.
+template <typename T>
+SCC_TARGET SCC_INLINE typename Vec<T>::type quad_sum(const typename Vec<T>::type* a) {
+  using Seq = std::make_integer_sequence<int, Vec<T>::lanes>;
+  const auto u = half_shuffle<4, false>(a[0], a[1], Seq{}) + half_shuffle<4, true>(a[0], a[1], Seq{});
+  const auto v = half_shuffle<4, false>(a[2], a[3], Seq{}) + half_shuffle<4, true>(a[2], a[3], Seq{});
+  return half_shuffle<2, false>(u, v, Seq{}) + half_shuffle<2, true>(u, v, Seq{});
+}
+
+// Lane G * m + c of the result is lane 4c + m' of quad_sum's (the m-th accumulator's group c).
+constexpr int quad_order(int lanes, int l) {
+  const int g = lanes / 4, m = l / g, c = l % g;
+  return 4 * c + (m == 1 ? 2 : m == 2 ? 1 : m);
+}
+
+template <typename V, int... I>
+SCC_TARGET SCC_INLINE V quad_ordered(V s, std::integer_sequence<int, I...>) {
+  return __builtin_shufflevector(s, s, quad_order(sizeof...(I), I)...);
+}
+
+// p[0..4) in every group of 4 lanes: one broadcasting load on x86 (GCC's generic shuffle
+// went through the stack).
+template <typename T>
+SCC_TARGET SCC_INLINE typename Vec<T>::type broadcast4(const T* p) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::lanes;
+#if defined(__x86_64__)
+  if constexpr (SCC_VECTOR_BYTES == 64 && std::is_same_v<T, float>) return (V)_mm512_broadcast_f32x4(_mm_loadu_ps(p));
+  if constexpr (SCC_VECTOR_BYTES == 64 && std::is_same_v<T, double>) return (V)_mm512_broadcast_f64x4(_mm256_loadu_pd(p));
+  if constexpr (SCC_VECTOR_BYTES == 32 && std::is_same_v<T, float>) return (V)_mm256_broadcast_ps(reinterpret_cast<const __m128*>(p));
+#endif
+  V v;
+  for (int l = 0; l < L; ++l) v[l] = p[l % 4];
+  return v;
+}
+
+// Lanes [m G, (m + 1) G) of v stored at p.
+template <typename T, int M>
+SCC_TARGET SCC_INLINE void store_piece(T* p, typename Vec<T>::type v) {
+  constexpr int G = Vec<T>::lanes / 4;
+#if defined(__x86_64__)
+  if constexpr (SCC_VECTOR_BYTES == 64 && std::is_same_v<T, float>) {
+    return _mm_storeu_ps(p, _mm512_extractf32x4_ps((__m512)v, M));
+  }
+#endif
+  T lanes[Vec<T>::lanes];
+  store(lanes, v);
+  for (int g = 0; g < G; ++g) p[g] = lanes[M * G + g];
+}
+
+// R pixels from p (clamped to the last; only real ones stored) x J vectors from v0; bias[f / 4]:
+// the bias of accumulators f..f + 3 in quad_ordered()'s order.
+template <typename T, int R, int J>
+SCC_TARGET SCC_INLINE void quad_tile(const QuadDotsArgs<T>& a, int64_t p, int64_t v0,
+                                     const typename Vec<T>::type* bias) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::lanes, G = L / 4;
+  static_assert(R * J % 4 == 0, "accumulators are summed four at a time");
+  V acc[R][J];
+  SCC_UNROLL
+  for (int r = 0; r < R; ++r) {
+    SCC_UNROLL
+    for (int j = 0; j < J; ++j) acc[r][j] = V{};
+  }
+  const T* x[R];
+  SCC_UNROLL
+  for (int r = 0; r < R; ++r) x[r] = a.x + std::min<int64_t>(p + r, a.pixels - 1) * a.x_step;
+  const T* w = a.w + v0 * L;
+  const int64_t w_step = a.count * L;
+  for (int64_t q = 0; q < a.quads; ++q) {
+    const int64_t c = a.col[q];
+    V b[J];
+    SCC_UNROLL
+    for (int j = 0; j < J; ++j) b[j] = load<V>(w + q * w_step + j * L);
+    SCC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const V s = broadcast4<T>(x[r] + c);
+      SCC_UNROLL
+      for (int j = 0; j < J; ++j) acc[r][j] += s * b[j];
+    }
+    if ((q & 3) == 3 && a.ahead) a.ahead->step();  // a line of each row read
+  }
+  // Four accumulators (pixel, vector) at a time, in pixel-major order, to G sums each.
+  using Seq = std::make_integer_sequence<int, L>;
+  SCC_UNROLL
+  for (int f = 0; f < R * J; f += 4) {
+    V four[4];
+    SCC_UNROLL
+    for (int m = 0; m < 4; ++m) four[m] = acc[(f + m) / J][(f + m) % J];
+    const V sums = quad_ordered(quad_sum<T>(four), Seq{}) + bias[f / 4];
+    T* out[4];
+    SCC_UNROLL
+    for (int m = 0; m < 4; ++m) out[m] = a.t + (p + (f + m) / J) * a.t_step + (v0 + (f + m) % J) * G;
+    if (p + f / J < a.pixels) store_piece<T, 0>(out[0], sums);
+    if (p + (f + 1) / J < a.pixels) store_piece<T, 1>(out[1], sums);
+    if (p + (f + 2) / J < a.pixels) store_piece<T, 2>(out[2], sums);
+    if (p + (f + 3) / J < a.pixels) store_piece<T, 3>(out[3], sums);
+  }
+}
+
+// The register tile for J vectors: R * J accumulators, a multiple of 4, at most the budget.
+constexpr int quad_pixels(int vectors) {
+  int r = std::max(1, std::min(8, SCC_GEMM_ACCUMULATORS / vectors));
+  while (r > 1 && (r * vectors) % 4 != 0) --r;
+  return (r * vectors) % 4 == 0 ? r : 4;
+}
+
+template <typename T, int J>
+SCC_TARGET SCC_NOINLINE void quad_vectors(const QuadDotsArgs<T>& a, int64_t v0) {
+  using V = typename Vec<T>::type;
+  constexpr int R = quad_pixels(J), L = Vec<T>::lanes, G = L / 4;
+  V bias[R * J / 4];
+  for (int f = 0; f < R * J; f += 4) {
+    T lanes[L];
+    for (int m = 0; m < 4; ++m)
+      for (int g = 0; g < G; ++g) lanes[m * G + g] = a.bias ? a.bias[(v0 + (f + m) % J) * G + g] : T(0);
+    bias[f / 4] = load<V>(lanes);
+  }
+  for (int64_t p = 0; p < a.pixels; p += R) {
+    quad_tile<T, R, J>(a, p, v0, bias);
+  }
+}
+
+template <typename T>
+SCC_TARGET void quad_dots(const QuadDotsArgs<T>& a) {
+  // Vector blocks of at most 4 (3 where 4 would leave one or two over).
+  for (int64_t v0 = 0; v0 < a.count;) {
+    const int64_t left = a.count - v0;
+    const int64_t n = left >= 4 && left != 5 && left != 6 ? 4 : left >= 3 ? 3 : left;
+    if (n == 4) quad_vectors<T, 4>(a, v0);
+    if (n == 3) quad_vectors<T, 3>(a, v0);
+    if (n == 2) quad_vectors<T, 2>(a, v0);
+    if (n == 1) quad_vectors<T, 1>(a, v0);
+    v0 += n;
+  }
+}
+
 // Lane 2i of zip<Hi>(a, b) is lane i (Hi: L/2 + i) of a, lane 2i + 1 that of b.
 constexpr int zip_index(int lanes, bool hi, int l) { return (l % 2 ? lanes : 0) + l / 2 + (hi ? lanes / 2 : 0); }
 

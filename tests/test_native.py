@@ -103,6 +103,32 @@ def test_channels_last_window_gemm_matches_reference(n, cin, cout, cg, co, h, w,
     assert y.is_contiguous(memory_format=torch.channels_last)
 
 
+# channels_last layers on the 4-channel dot kernel (csrc/forward_last.cpp: the paper's output
+# assignment, cd dividing the lanes, windows of at least 64 channels starting at multiples of 4,
+# at most 4 output vectors of lanes / 4 outputs per window): (N, Cin, Cout, cg, co, H, W)
+QUAD_DOTS = [
+    (2, 256, 64, 4, 0.5, 5, 7),  # 8 outputs per window (fp32: 2 vectors, fp64: 4); the last window wraps; 70 pixels, a cut register tile
+    (1, 512, 128, 4, 0.5, 3, 5),  # 16 outputs: 4 vectors (fp32)
+    (2, 384, 96, 4, 0.5, 3, 3),  # 12 outputs: 3 vectors (fp32)
+    (2, 256, 32, 4, 0.5, 3, 3),  # 4 outputs: one vector (fp32), two (fp64)
+    (1, 128, 32, 2, 0.5, 4, 5),  # cd = 4
+    (1, 1024, 128, 8, 0.5, 3, 4),  # cd = 16 (fp32 only; fp64 takes the tiles)
+    (2, 256, 64, 4, 0.75, 3, 3),  # windows 16 channels apart: cd = 16, 4 outputs each
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("n,cin,cout,cg,co,h,w", QUAD_DOTS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_channels_last_quad_dots_kernel_matches_reference(n, cin, cout, cg, co, h, w, dtype):
+    gen = torch.Generator().manual_seed(cin + cout + 2)
+    x = torch.randn(n, cin, h, w, generator=gen, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(cout, cin // cg, generator=gen, dtype=dtype)
+    bias = torch.randn(cout, generator=gen, dtype=dtype)
+    y, _ = _check(x, weight, bias, cg, co, tol=1e-10 if dtype == torch.float64 else 2e-5)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
 # channels_last expansions (cout >= 2 cin) on the stacked kernel (csrc/forward_last.cpp: the
 # paper's output assignment, consecutive windows, cd dividing the lanes, any number of outputs
 # per window): (N, Cin, Cout, cg, co, H, W)
@@ -136,14 +162,15 @@ def test_channels_last_stacked_kernel_matches_reference(n, cin, cout, cg, co, h,
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_channels_last_stacked_kernel_reads_a_strided_pixel_view(dtype):
+@pytest.mark.parametrize("cin,cout", [(64, 192), (256, 64)])  # the stacked kernel, the 4-channel dots
+def test_channels_last_kernels_read_a_strided_pixel_view(dtype, cin, cout):
     """Pixels a uniform step apart that is not the channel count (a channel slice of a wider
     channels_last tensor) are read in place."""
     gen = torch.Generator().manual_seed(11)
-    wide = torch.randn(2, 80, 4, 5, generator=gen, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    x = wide[:, 8:72]
-    weight = torch.randn(192, 16, generator=gen, dtype=dtype)
-    bias = torch.randn(192, generator=gen, dtype=dtype)
+    wide = torch.randn(2, cin + 16, 4, 5, generator=gen, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x = wide[:, 8:8 + cin]
+    weight = torch.randn(cout, cin // 4, generator=gen, dtype=dtype)
+    bias = torch.randn(cout, generator=gen, dtype=dtype)
     y = native.scc_forward(x, weight, bias, 4, 0.5, None, "none", None)
     expected = scc_reference(x.double(), weight.double(), bias.double(), cg=4, co=0.5)
     torch.testing.assert_close(y.double(), expected, atol=(1e-10 if dtype == torch.float64 else 2e-5) *
@@ -199,7 +226,7 @@ def test_nchw_deep_windows_on_the_window_gemm_match_reference(n, cin, cout, h, w
 
 @needs_kernel
 @pytest.mark.parametrize("activation", ["none", "relu", "relu6", "hardswish", "silu", "gelu"])
-@pytest.mark.parametrize("cin,cout", [(96, 300), (96, 288), (128, 200)])  # stacked (cout mid-vector, whole), window
+@pytest.mark.parametrize("cin,cout", [(96, 300), (96, 288), (128, 200), (256, 64)])  # stacked (cout mid-vector, whole), window, 4-channel dots
 @pytest.mark.parametrize("with_residual", [True, False])
 def test_channels_last_window_and_stacked_epilogue_matches_reference(activation, cin, cout, with_residual):
     """Bias, residual and activation applied as the outputs are stored in order."""
@@ -219,11 +246,12 @@ def test_channels_last_window_and_stacked_epilogue_matches_reference(activation,
 
 @needs_kernel
 @pytest.mark.parametrize("cin,cout,h,w", [(64, 1024, 64, 64), (192, 256, 128, 128), (16, 80, 229, 230),
-                                         (32, 48, 300, 300)])
+                                         (32, 48, 300, 300), (256, 64, 260, 260)])
 def test_channels_last_output_too_large_for_the_caches_is_streamed_correctly(cin, cout, h, w):
     """16.8 MB fp32 outputs are stored past the caches (non-temporal stores): the stacked
-    kernel's (64 -> 1024, and 16 -> 80 stacked by permutes), the window kernel's (192 -> 256)
-    and the narrow kernel's (32 -> 48), with bias, residual and activation."""
+    kernel's (64 -> 1024, and 16 -> 80 stacked by permutes), the window kernel's (192 -> 256),
+    the narrow kernel's (32 -> 48) and the 4-channel dots' (256 -> 64), with bias, residual and
+    activation."""
     gen = torch.Generator().manual_seed(cin + cout)
     x = torch.randn(1, cin, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(cout, cin // 4, generator=gen)
@@ -318,10 +346,11 @@ _ISA_SCRIPT = textwrap.dedent("""
     from scc_convert.ops import native
     assert native.cpu_backend() == "native"
     print(torch.ops.scc_native.info())
-    # (cin, cout, cg): 40 outputs at cd = 8, 200 and 96 at cd = 4, 96 at cd = 2, 256 at cd = 8
-    # (channels_last: the expansions on the stacked kernel where cd divides the lanes, window by
-    # window where the vectors allow; 64 channels at cg = 2 are windows of whole vectors)
-    shapes = ((48, 40, 4), (48, 200, 2), (64, 96, 2), (40, 96, 1), (64, 256, 4))
+    # (cin, cout, cg): 40 outputs at cd = 8, 200 and 96 at cd = 4, 96 at cd = 2, 256 at cd = 8,
+    # 64 at cd = 8 (channels_last: the expansions on the stacked kernel where cd divides the
+    # lanes, window by window where the vectors allow; 64 channels at cg = 2 are windows of
+    # whole vectors; 256 -> 64 takes the 4-channel dots)
+    shapes = ((48, 40, 4), (48, 200, 2), (64, 96, 2), (40, 96, 1), (64, 256, 4), (256, 64, 4))
     for layout, (cin, cout, cg), dtype in itertools.product(("nchw", "channels_last"), shapes,
                                                             (torch.float64, torch.float32)):
             tol = 1e-10 if dtype == torch.float64 else 2e-5
