@@ -105,6 +105,7 @@ struct NarrowArgs {
   const int32_t* index;
   const T* bias;
   Activation activation;
+  int64_t ahead;  // the input rows this many pixels on are prefetched
   bool stream;  // store whole output vectors past the caches (y aligned to the vector, rows too)
 };
 

@@ -400,6 +400,13 @@ SCC_TARGET SCC_INLINE void narrow_pixels(const NarrowArgs<float>& a, int64_t p) 
   const __mmask16 lo_lanes = first_lanes(a.cin), hi_lanes = first_lanes(a.cin - 16);
   __m512 lo[R], hi[R];
   SCC_UNROLL
+  for (int r = 0; r < R; ++r) {  // the rows `ahead` pixels on, a line or two each
+    if (p + r + a.ahead >= a.pixels) break;
+    const char* far = reinterpret_cast<const char*>(a.x + (p + r + a.ahead) * a.x_step);
+    __builtin_prefetch(far, 0, 3);
+    if (a.cin > 16) __builtin_prefetch(far + 64, 0, 3);
+  }
+  SCC_UNROLL
   for (int r = 0; r < R; ++r) {
     const float* x = a.x + (p + r) * a.x_step;
     lo[r] = _mm512_maskz_loadu_ps(lo_lanes, x);
