@@ -349,8 +349,9 @@ _ISA_SCRIPT = textwrap.dedent("""
     # (cin, cout, cg): 40 outputs at cd = 8, 200 and 96 at cd = 4, 96 at cd = 2, 256 at cd = 8,
     # 64 at cd = 8 (channels_last: the expansions on the stacked kernel where cd divides the
     # lanes, window by window where the vectors allow; 64 channels at cg = 2 are windows of
-    # whole vectors; 256 -> 64 takes the 4-channel dots)
-    shapes = ((48, 40, 4), (48, 200, 2), (64, 96, 2), (40, 96, 1), (64, 256, 4), (256, 64, 4))
+    # whole vectors; 256 -> 64 and 128 -> 16 take the 4-channel dots, the portable copy only the
+    # latter: cd = 4 and 4 outputs per window, a vector each there)
+    shapes = ((48, 40, 4), (48, 200, 2), (64, 96, 2), (40, 96, 1), (64, 256, 4), (256, 64, 4), (128, 16, 2))
     for layout, (cin, cout, cg), dtype in itertools.product(("nchw", "channels_last"), shapes,
                                                             (torch.float64, torch.float32)):
             tol = 1e-10 if dtype == torch.float64 else 2e-5
