@@ -174,8 +174,8 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
 }
 
 // The 4-channel dot kernel: channels_last layers with the paper's output assignment and too
-// few outputs per window for the window kernel's whole vectors (cout / cd = 8 at cg=4 co=0.5
-// for 256->64, 384->64, 192->64, 64->64; 16 for 512->128, 256->128, 128->128). Window by window,
+// few outputs per window for the window kernel's whole vectors (at cg=4 co=0.5, cout / cd = 8
+// for 256->64 and 384->64, 12 for 384->96 and 576->96, 16 for 256->128 and 512->128). Window by window,
 // each pixel's window channels are read 4 at a time, broadcast to the G = lanes / 4 outputs a
 // vector holds (quad_dots, kernels.h), into a buffer in window order that interleave() writes
 // out in output order with the epilogue. Windows must start at multiples of 4 channels (they
