@@ -15,9 +15,10 @@
 // the group's weights (depth x group vectors) stay in L1 while the block's pixels stream past;
 // earlier depth blocks' partial sums wait in the buffer.
 //
-// Also here: the stacked kernel for channels_last expansions (run_stacked_gemm below), which
-// computes vectors of consecutive outputs of several windows at once from a per-pixel copy of
-// the window channels, and so writes output order straight from registers.
+// Also here: the stacked kernel for channels_last expansions and rows of 33-64 channels
+// (run_stacked_gemm below), which computes vectors of consecutive outputs of several windows at
+// once from a per-pixel copy of the window channels, and so writes output order straight from
+// registers.
 #include "drivers.h"
 
 #include <ATen/Parallel.h>
@@ -278,13 +279,20 @@ bool run_stacked_gemm(const View<T>& x, const Operand<T>& weight, const T* bias,
   const int64_t xs = uniform_pixel_step(x), ys = uniform_pixel_step(y);
   const int64_t rs = residual ? uniform_pixel_step(*residual) : 0;
   if (!xs || !ys || (residual && !rs) || !win.interleaves() || !win.consecutive(cin)) return false;
-  // Expansions only: stacking costs about cd * gw = cin / (1 - co) copies per pixel whatever cout
-  // is. Paired against the window and tiles kernels (grouped/SCC, one thread, batch 16, cg=4
-  // co=0.5, caches evicted between calls): 64->256 56x56 0.57 -> 0.83, 128->512 28x28 0.77 ->
-  // 1.00, 256->1024 14x14 0.65 -> 0.88, 64->384 0.59 -> 0.91, 96->576 0.50 -> 0.75, 160->960 7x7
-  // 0.67 -> 0.79, 320->1280 0.68 -> 0.70, 512->2048 7x7 0.89 -> 0.82; 64->64 and the
-  // projections 0.63-0.86x of their speed on the other kernels (warm caches).
-  if (cout < kStackedExpansion * cin) return false;
+  // Rows of at most stack_permute_cin channels are stacked by permutes in registers, from a
+  // table of z's used vectors (positions k * cd + w, k < gw) into the row; the others by zips,
+  // through a copy of the row extended cyclically where some window reads past its end.
+  const bool permute = k.stack_permute && cin <= k.stack_permute_cin;
+  // Zipped rows: expansions only. Stacking costs about cd * gw = cin / (1 - co) copies per pixel
+  // whatever cout is; paired against the window and tiles kernels (grouped/SCC, one thread, batch
+  // 16, cg=4 co=0.5, caches evicted between calls): 64->256 56x56 0.57 -> 0.83, 128->512 28x28
+  // 0.77 -> 1.00, 256->1024 14x14 0.65 -> 0.88, 64->384 0.59 -> 0.91, 96->576 0.50 -> 0.75,
+  // 160->960 7x7 0.67 -> 0.79, 320->1280 0.68 -> 0.70, 512->2048 7x7 0.89 -> 0.82; 64->64 and
+  // the projections 0.63-0.86x of their speed on the other kernels (warm caches). Permuted rows
+  // too wide for the narrow kernel (33-64 channels) take it whatever cout is (paired, one thread,
+  // batch 16, against the tiles: 64->64 56x56 3.66 -> 1.88 ms, 64->48 28x28 0.71 -> 0.42, 64->16
+  // 56x56 1.35 -> 1.10); at 32 channels and fewer the narrow kernel is faster.
+  if (cout < kStackedExpansion * cin && !(permute && cin > k.narrow_cin)) return false;
   const int64_t vectors = Blocks::ceil_div(cout, L), ldo = vectors * L, depth = Blocks::round_up(gw, L);
   // Weights per output vector [gw][L] (row k: column k of the vector's outputs), each an odd
   // number of cache lines long; bias [ldo]; zeros past cout.
@@ -293,10 +301,6 @@ bool run_stacked_gemm(const View<T>& x, const Operand<T>& weight, const T* bias,
   for (int64_t v = 0; v < vectors; ++v)
     transpose_weight(k, weight, v * L, 1, std::min(L, cout - v * L), gw, wt.data() + v * w_step, L);
   if (bias) std::copy(bias, bias + cout, b.data());
-  // Rows of at most stack_permute_cin channels are stacked by permutes in registers, from a
-  // table of z's used vectors (positions k * cd + w, k < gw) into the row; the others by zips,
-  // through a copy of the row extended cyclically where some window reads past its end.
-  const bool permute = k.stack_permute && cin <= k.stack_permute_cin;
   std::vector<int64_t> first(static_cast<size_t>(cd));
   bool wraps = false;  // zips only: some window reads past the row's end (it wraps, or padding)
   for (int64_t w = 0; w < cd; ++w) {

@@ -43,16 +43,35 @@ SCC_TARGET void stack(const StackArgs<T>& a) {
 }
 
 #if defined(SCC_NARROW)
-// stack() for rows of at most 32 channels: the row in two registers, each vector of z one
-// two-register permute (32->192: 4 permutes a pixel instead of a row copy, 8 loads, 24 zips).
+// stack() for rows of at most 64 channels, the row in two or four registers. At most 32: each
+// vector of z is one two-register permute (32->192: 4 permutes a pixel instead of a row copy, 8
+// loads, 24 zips). More: a permute of each half of the row and a blend by the index's bit 5
+// (64->256: 16 permutes and 8 blends a pixel instead of 5 loads and stores of the extended row,
+// 8 loads and 24 zips).
 SCC_TARGET void stack_permute(const StackArgs<float>& a) {
-  const __mmask16 lo_lanes = first_lanes(a.cin), hi_lanes = first_lanes(a.cin - 16);
+  const __mmask16 lanes0 = first_lanes(a.cin), lanes1 = first_lanes(a.cin - 16);
+  if (a.cin <= 32) {
+    for (int64_t p = 0; p < a.pixels; ++p) {
+      const float* x = a.x + p * a.x_step;
+      const __m512 lo = _mm512_maskz_loadu_ps(lanes0, x), hi = _mm512_maskz_loadu_ps(lanes1, x + 16);
+      float* z = a.z + p * a.z_step;
+      for (int64_t q = 0; q < a.index_vectors; ++q)
+        _mm512_storeu_ps(z + q * 16, _mm512_permutex2var_ps(lo, _mm512_loadu_si512(a.index + q * 16), hi));
+    }
+    return;
+  }
+  const __mmask16 lanes2 = first_lanes(a.cin - 32), lanes3 = first_lanes(a.cin - 48);
+  const __m512i upper = _mm512_set1_epi32(32);
   for (int64_t p = 0; p < a.pixels; ++p) {
     const float* x = a.x + p * a.x_step;
-    const __m512 lo = _mm512_maskz_loadu_ps(lo_lanes, x), hi = _mm512_maskz_loadu_ps(hi_lanes, x + 16);
+    const __m512 r0 = _mm512_maskz_loadu_ps(lanes0, x), r1 = _mm512_maskz_loadu_ps(lanes1, x + 16);
+    const __m512 r2 = _mm512_maskz_loadu_ps(lanes2, x + 32), r3 = _mm512_maskz_loadu_ps(lanes3, x + 48);
     float* z = a.z + p * a.z_step;
-    for (int64_t q = 0; q < a.index_vectors; ++q)
-      _mm512_storeu_ps(z + q * 16, _mm512_permutex2var_ps(lo, _mm512_loadu_si512(a.index + q * 16), hi));
+    for (int64_t q = 0; q < a.index_vectors; ++q) {
+      const __m512i index = _mm512_loadu_si512(a.index + q * 16);
+      const __m512 lo = _mm512_permutex2var_ps(r0, index, r1), hi = _mm512_permutex2var_ps(r2, index, r3);
+      _mm512_storeu_ps(z + q * 16, _mm512_mask_blend_ps(_mm512_test_epi32_mask(index, upper), lo, hi));
+    }
   }
 }
 #endif

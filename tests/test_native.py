@@ -129,9 +129,9 @@ def test_channels_last_quad_dots_kernel_matches_reference(n, cin, cout, cg, co, 
     assert y.is_contiguous(memory_format=torch.channels_last)
 
 
-# channels_last expansions (cout >= 2 cin) on the stacked kernel (csrc/forward_last.cpp: the
-# paper's output assignment, consecutive windows, cd dividing the lanes, any number of outputs
-# per window): (N, Cin, Cout, cg, co, H, W)
+# channels_last expansions (cout >= 2 cin), and rows of 33-64 channels (AVX-512, fp32), on the
+# stacked kernel (csrc/forward_last.cpp: the paper's output assignment, consecutive windows, cd
+# dividing the lanes, any number of outputs per window): (N, Cin, Cout, cg, co, H, W)
 STACKED = [
     (2, 64, 256, 4, 0.5, 5, 7),  # cd = 8; the last window wraps (the row is extended)
     (2, 48, 100, 2, 0.25, 3, 5),  # 24-channel windows (the depth padded to vectors); cout ends mid-vector
@@ -145,6 +145,10 @@ STACKED = [
     (2, 24, 144, 4, 0.5, 3, 5),  # ... 24 of them: the second register partly masked
     (2, 16, 96, 4, 0.5, 4, 4),  # ... 16: one register
     (2, 24, 72, 2, 0.5, 3, 3),  # ... cd = 4
+    (2, 64, 64, 4, 0.5, 5, 7),  # 33-64 channels: four registers, two permutes and a blend; any cout
+    (2, 64, 16, 4, 0.5, 4, 5),  # ... a reduction: 2 outputs per window, one partial vector
+    (2, 40, 40, 2, 0.5, 3, 4),  # ... 40: the third register partly masked, the fourth empty
+    (1, 48, 24, 8, 0.5, 3, 3),  # ... cd = 16
 ]
 
 
