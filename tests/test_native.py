@@ -250,12 +250,12 @@ def test_channels_last_window_and_stacked_epilogue_matches_reference(activation,
 
 @needs_kernel
 @pytest.mark.parametrize("cin,cout,h,w", [(64, 1024, 64, 64), (192, 256, 128, 128), (16, 80, 229, 230),
-                                         (32, 48, 300, 300), (256, 64, 260, 260)])
+                                         (32, 48, 300, 300), (256, 64, 260, 260), (48, 48, 300, 300)])
 def test_channels_last_output_too_large_for_the_caches_is_streamed_correctly(cin, cout, h, w):
     """16.8 MB fp32 outputs are stored past the caches (non-temporal stores): the stacked
     kernel's (64 -> 1024, and 16 -> 80 stacked by permutes), the window kernel's (192 -> 256),
-    the narrow kernel's (32 -> 48) and the 4-channel dots' (256 -> 64), with bias, residual and
-    activation."""
+    the narrow kernel's (32 -> 48), the 4-channel dots' (256 -> 64) and the stacked kernel's on
+    a 48-channel row in four registers (48 -> 48), with bias, residual and activation."""
     gen = torch.Generator().manual_seed(cin + cout)
     x = torch.randn(1, cin, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(cout, cin // 4, generator=gen)
@@ -271,6 +271,7 @@ def test_channels_last_output_too_large_for_the_caches_is_streamed_correctly(cin
     (2, 16, 80, 4, 0.5, 9),  # channels_last: the stacked kernel, rows stacked by permutes
     (2, 32, 40, 4, 0.5, 9),  # channels_last: the narrow kernel
     (2, 64, 256, 4, 0.5, 7),  # channels_last: the stacked kernel
+    (2, 64, 64, 4, 0.5, 7),  # channels_last: the stacked kernel, a 64-channel row permuted (fp32)
     (2, 128, 200, 4, 0.5, 7),  # channels_last: window by window
     (2, 96, 96, 2, 0.25, 9),  # channels_last: the transposing tiles
     (3, 512, 256, 4, 0.5, 13),  # NCHW in place, and 128+-channel windows
