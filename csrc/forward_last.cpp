@@ -39,6 +39,7 @@ constexpr int64_t kNchwDepth = 128;
 constexpr int64_t kNchwPixels[2] = {128, 256};
 // The stacked kernel takes layers with at least this many outputs per input channel.
 constexpr int64_t kStackedExpansion = 2;
+constexpr int64_t kStackedAnyCout = 64;  // permuted rows this wide or narrower: any cout
 // The 4-channel dot kernel takes windows at least this deep, with at most this many output
 // vectors each (one register-tile block; paired against the tiles, grouped/SCC, one thread,
 // batch 16, caches evicted between calls, two runs each: 256->128 56x56 0.85-0.90 -> 1.26-1.32,
@@ -291,8 +292,12 @@ bool run_stacked_gemm(const View<T>& x, const Operand<T>& weight, const T* bias,
   // the projections 0.63-0.86x of their speed on the other kernels (warm caches). Permuted rows
   // too wide for the narrow kernel (33-64 channels) take it whatever cout is (paired, one thread,
   // batch 16, against the tiles: 64->64 56x56 3.66 -> 1.88 ms, 64->48 28x28 0.71 -> 0.42, 64->16
-  // 56x56 1.35 -> 1.10); at 32 channels and fewer the narrow kernel is faster.
-  if (cout < kStackedExpansion * cin && !(permute && cin > k.narrow_cin)) return false;
+  // 56x56 1.35 -> 1.10); at 32 channels and fewer the narrow kernel is faster. Rows of 65-96
+  // channels are permuted for expansions only (paired against the zips, Intel Xeon: 96->576
+  // 14x14 0.86-0.87 -> 0.82-0.83 ms, 80->480 14x14 0.68 -> 0.62-0.63, 96->192 28x28 1.56-1.62
+  // -> 1.34-1.35).
+  const bool any_cout = permute && cin > k.narrow_cin && cin <= kStackedAnyCout;
+  if (cout < kStackedExpansion * cin && !any_cout) return false;
   const int64_t vectors = Blocks::ceil_div(cout, L), ldo = vectors * L, depth = Blocks::round_up(gw, L);
   // Weights per output vector [gw][L] (row k: column k of the vector's outputs), each an odd
   // number of cache lines long; bias [ldo]; zeros past cout.

@@ -449,7 +449,7 @@ Kernels<T> make_kernels(const char* isa) {
   if constexpr (std::is_same_v<T, float>) {
     k.narrow_cin = 32;
     k.narrow = &narrow;
-    k.stack_permute_cin = 64;
+    k.stack_permute_cin = 96;
     k.stack_permute = &stack_permute;
   }
 #endif

@@ -43,36 +43,40 @@ SCC_TARGET void stack(const StackArgs<T>& a) {
 }
 
 #if defined(SCC_NARROW)
-// stack() for rows of at most 64 channels, the row in two or four registers. At most 32: each
-// vector of z is one two-register permute (32->192: 4 permutes a pixel instead of a row copy, 8
-// loads, 24 zips). More: a permute of each half of the row and a blend by the index's bit 5
-// (64->256: 16 permutes and 8 blends a pixel instead of 5 loads and stores of the extended row,
-// 8 loads and 24 zips).
-SCC_TARGET void stack_permute(const StackArgs<float>& a) {
-  const __mmask16 lanes0 = first_lanes(a.cin), lanes1 = first_lanes(a.cin - 16);
-  if (a.cin <= 32) {
-    for (int64_t p = 0; p < a.pixels; ++p) {
-      const float* x = a.x + p * a.x_step;
-      const __m512 lo = _mm512_maskz_loadu_ps(lanes0, x), hi = _mm512_maskz_loadu_ps(lanes1, x + 16);
-      float* z = a.z + p * a.z_step;
-      for (int64_t q = 0; q < a.index_vectors; ++q)
-        _mm512_storeu_ps(z + q * 16, _mm512_permutex2var_ps(lo, _mm512_loadu_si512(a.index + q * 16), hi));
-    }
-    return;
-  }
-  const __mmask16 lanes2 = first_lanes(a.cin - 32), lanes3 = first_lanes(a.cin - 48);
-  const __m512i upper = _mm512_set1_epi32(32);
+// stack() for rows of at most 32 * P channels, the row in 2 * P registers: each vector of z is a
+// two-register permute of each 32-channel part of the row, blended by the index (32->192: 4
+// permutes a pixel instead of a row copy, 8 loads and 24 zips; 64->256: 16 permutes and 8 blends
+// instead of 5 loads and stores of the extended row, 8 loads and 24 zips).
+template <int P>
+SCC_TARGET void stack_permute_parts(const StackArgs<float>& a) {
+  __mmask16 lanes[2 * P];
+  __m512i from[P];
+  SCC_UNROLL
+  for (int i = 0; i < 2 * P; ++i) lanes[i] = first_lanes(a.cin - 16 * i);
+  SCC_UNROLL
+  for (int i = 0; i < P; ++i) from[i] = _mm512_set1_epi32(32 * i);
   for (int64_t p = 0; p < a.pixels; ++p) {
     const float* x = a.x + p * a.x_step;
-    const __m512 r0 = _mm512_maskz_loadu_ps(lanes0, x), r1 = _mm512_maskz_loadu_ps(lanes1, x + 16);
-    const __m512 r2 = _mm512_maskz_loadu_ps(lanes2, x + 32), r3 = _mm512_maskz_loadu_ps(lanes3, x + 48);
+    __m512 r[2 * P];
+    SCC_UNROLL
+    for (int i = 0; i < 2 * P; ++i) r[i] = _mm512_maskz_loadu_ps(lanes[i], x + 16 * i);
     float* z = a.z + p * a.z_step;
     for (int64_t q = 0; q < a.index_vectors; ++q) {
       const __m512i index = _mm512_loadu_si512(a.index + q * 16);
-      const __m512 lo = _mm512_permutex2var_ps(r0, index, r1), hi = _mm512_permutex2var_ps(r2, index, r3);
-      _mm512_storeu_ps(z + q * 16, _mm512_mask_blend_ps(_mm512_test_epi32_mask(index, upper), lo, hi));
+      __m512 v = _mm512_permutex2var_ps(r[0], index, r[1]);
+      SCC_UNROLL
+      for (int i = 1; i < P; ++i)
+        v = _mm512_mask_blend_ps(_mm512_cmpge_epi32_mask(index, from[i]), v,
+                                 _mm512_permutex2var_ps(r[2 * i], index, r[2 * i + 1]));
+      _mm512_storeu_ps(z + q * 16, v);
     }
   }
+}
+
+SCC_TARGET void stack_permute(const StackArgs<float>& a) {
+  if (a.cin <= 32) return stack_permute_parts<1>(a);
+  if (a.cin <= 64) return stack_permute_parts<2>(a);
+  return stack_permute_parts<3>(a);
 }
 #endif
 

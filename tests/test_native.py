@@ -129,9 +129,10 @@ def test_channels_last_quad_dots_kernel_matches_reference(n, cin, cout, cg, co, 
     assert y.is_contiguous(memory_format=torch.channels_last)
 
 
-# channels_last expansions (cout >= 2 cin), and rows of 33-64 channels (AVX-512, fp32), on the
-# stacked kernel (csrc/forward_last.cpp: the paper's output assignment, consecutive windows, cd
-# dividing the lanes, any number of outputs per window): (N, Cin, Cout, cg, co, H, W)
+# channels_last expansions (cout >= 2 cin; rows of up to 96 channels stacked by permutes on
+# AVX-512 in fp32), and rows of 33-64 channels whatever cout (the same), on the stacked kernel
+# (csrc/forward_last.cpp: the paper's output assignment, consecutive windows, cd dividing the
+# lanes, any number of outputs per window): (N, Cin, Cout, cg, co, H, W)
 STACKED = [
     (2, 64, 256, 4, 0.5, 5, 7),  # cd = 8; the last window wraps (the row is extended)
     (2, 48, 100, 2, 0.25, 3, 5),  # 24-channel windows (the depth padded to vectors); cout ends mid-vector
@@ -149,6 +150,8 @@ STACKED = [
     (2, 64, 16, 4, 0.5, 4, 5),  # ... a reduction: 2 outputs per window, one partial vector
     (2, 40, 40, 2, 0.5, 3, 4),  # ... 40: the third register partly masked, the fourth empty
     (1, 48, 24, 8, 0.5, 3, 3),  # ... cd = 16
+    (2, 96, 288, 4, 0.5, 3, 5),  # 65-96 channels (expansions): six registers, three permutes, two blends
+    (2, 80, 200, 2, 0.5, 3, 3),  # ... 80: the fifth register whole, the sixth empty; cd = 4
 ]
 
 
