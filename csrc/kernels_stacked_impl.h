@@ -50,11 +50,8 @@ SCC_TARGET void stack(const StackArgs<T>& a) {
 template <int P>
 SCC_TARGET void stack_permute_parts(const StackArgs<float>& a) {
   __mmask16 lanes[2 * P];
-  __m512i from[P];
   SCC_UNROLL
   for (int i = 0; i < 2 * P; ++i) lanes[i] = first_lanes(a.cin - 16 * i);
-  SCC_UNROLL
-  for (int i = 0; i < P; ++i) from[i] = _mm512_set1_epi32(32 * i);
   for (int64_t p = 0; p < a.pixels; ++p) {
     const float* x = a.x + p * a.x_step;
     __m512 r[2 * P];
@@ -66,7 +63,7 @@ SCC_TARGET void stack_permute_parts(const StackArgs<float>& a) {
       __m512 v = _mm512_permutex2var_ps(r[0], index, r[1]);
       SCC_UNROLL
       for (int i = 1; i < P; ++i)
-        v = _mm512_mask_blend_ps(_mm512_cmpge_epi32_mask(index, from[i]), v,
+        v = _mm512_mask_blend_ps(_mm512_cmpge_epi32_mask(index, _mm512_set1_epi32(32 * i)), v,
                                  _mm512_permutex2var_ps(r[2 * i], index, r[2 * i + 1]));
       _mm512_storeu_ps(z + q * 16, v);
     }
