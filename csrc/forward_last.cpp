@@ -23,6 +23,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <cstring>
 #include <vector>
 
 namespace scc_native {
@@ -72,7 +73,10 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
   const bool nchw = !xs && x.unit_pixels() && y.unit_pixels() && y.sc >= y.pixels() && !residual &&
                     activation == kNone && gw >= kNchwDepth && x.h * x.w >= kNchwPixels[0] &&
                     x.h * x.w <= kNchwPixels[1];
-  if ((!nchw && (!xs || !ys || (residual && !rs))) || !win.interleaves()) return false;
+  // Channels_last inputs whose pixels are not one step apart (a strided 1x1 conv's subsampled
+  // view): each block's channel rows are gathered into the same pixel-major buffer.
+  const bool gather = !nchw && !xs && (cin == 1 || x.sc == 1);
+  if ((!nchw && ((!xs && !gather) || !ys || (residual && !rs))) || !win.interleaves()) return false;
   // A window's outputs in whole vectors: worth it while few lanes are padding.
   const int64_t per_window = Blocks::ceil_div(cout, cd), vectors = Blocks::ceil_div(per_window, L);
   const int64_t ldt = vectors * L;
@@ -110,14 +114,14 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
   // NCHW: pixel-major buffers for the block's inputs (copied in by 16x16 transposes: reading
   // channel rows in place, every weight column is another cache line) and for its outputs
   // before they are transposed back.
-  const int64_t ldu = odd_lines(cout, L), ldx = odd_lines(cin, L);
+  const int64_t ldu = nchw ? odd_lines(cout, L) : 0, ldx = nchw || gather ? odd_lines(cin, L) : 0;
 
   at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
-    T* t = static_cast<T*>(thread_scratch(size_t(block * (span + (nchw ? ldu + ldx : 0))) * sizeof(T)));
+    T* t = static_cast<T*>(thread_scratch(size_t(block * (span + ldu + ldx)) * sizeof(T)));
     T* u = t + block * span;  // NCHW only: [block][ldu], the outputs in output order
-    T* xp = u + block * ldu;  // NCHW only: [block][ldx], the inputs pixel by pixel
+    T* xp = u + block * ldu;  // NCHW and gathered: [block][ldx], the inputs pixel by pixel
     WindowGemmArgs<T> g{};
-    g.x_step = nchw ? ldx : xs;
+    g.x_step = ldx ? ldx : xs;
     g.w_step = ldw;
     g.t_step = span;
     InterleaveArgs<T> e{};
@@ -136,16 +140,21 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
         by_image(hw, p0, len, [&](int64_t img, int64_t q, int64_t at, int64_t n) {
           transpose_rows(k, x.data + img * x.sn + q, x.sc, cin, n, xp + at * ldx, ldx);
         });
-      g.x = nchw ? xp : x.data + p0 * xs;
+      if (gather)
+        for (int64_t p = p0; p < p0 + len; ++p) {
+          const int64_t img = p / hw, q = p % hw;
+          std::memcpy(xp + (p - p0) * ldx, x.data + img * x.sn + q / x.w * x.sh + q % x.w * x.sw,
+                      size_t(cin) * sizeof(T));
+        }
+      g.x = ldx ? xp : x.data + p0 * xs;
       g.pixels = len;
       // The next block's inputs are asked for while this one computes (Prefetch; paired, one
       // thread, batch 16: 1024->256 14x14 1.02x, 256->1024 1.05x faster).
       Prefetch next;
-      if (!nchw) {
-        next = following_pixels(x.data, xs, p0, len, pixels,
-                                Blocks::ceil_div(len, 4) * groups * cd * Blocks::ceil_div(gw, depth));
-        g.ahead = &next;
-      }
+      const int64_t steps = Blocks::ceil_div(len, 4) * groups * cd * Blocks::ceil_div(gw, depth);
+      if (xs) next = following_pixels(x.data, xs, p0, len, pixels, steps);
+      if (gather) next = following_rows(x, p0, len, pixels, steps);
+      if (!nchw) g.ahead = &next;
       e.pixels = len;
       for (int64_t v0 = 0; v0 < vectors; v0 += group) {
         g.count = std::min(group, vectors - v0);

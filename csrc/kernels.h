@@ -29,8 +29,23 @@ struct Prefetch {
       : at(static_cast<const char*>(begin)), end(at + std::max<int64_t>(bytes, 0)),
         per_step(std::min(kBurst, (std::max<int64_t>(bytes, 0) / 64 + steps) / std::max<int64_t>(steps, 1))) {}
 
+  // Or the channel rows of pixels [next, last) of a tensor whose pixels do not lie one step
+  // apart, `row` bytes each, pixel p = (img, q) at base + img * sn + q / w * sh + q % w * sw
+  // (strides in bytes); `at` and `end` then run over one row at a time.
+  const char* base = nullptr;
+  int64_t next = 0, last = 0, row = 0, w = 1, hw = 1, sn = 0, sh = 0, sw = 0;
+
   void step() {
-    for (int64_t i = 0; i < per_step && at < end; ++i, at += 64) __builtin_prefetch(at, 0, 2);
+    for (int64_t i = 0; i < per_step; ++i, at += 64) {
+      if (at >= end) {
+        if (next >= last) return;
+        const int64_t img = next / hw, q = next % hw;
+        at = base + img * sn + q / w * sh + q % w * sw;
+        end = at + row;
+        ++next;
+      }
+      __builtin_prefetch(at, 0, 2);
+    }
   }
 };
 

@@ -267,6 +267,25 @@ Prefetch following_pixels(const S* data, int64_t step, int64_t first, int64_t le
   return Prefetch(data + (first + len) * step, after * step * int64_t(sizeof(S)), steps);
 }
 
+// The same for a channels_last tensor whose pixels do not lie one step apart (channels at unit
+// stride): the channel rows of the pixels after [first, first + len).
+template <typename S>
+Prefetch following_rows(const View<S>& v, int64_t first, int64_t len, int64_t total, int64_t steps) {
+  Prefetch p;
+  const int64_t b = int64_t(sizeof(S)), after = std::min(total, first + 2 * len) - first - len;
+  p.base = reinterpret_cast<const char*>(v.data);
+  p.next = first + len;
+  p.last = p.next + after;
+  p.row = v.c * b;
+  p.w = v.w;
+  p.hw = v.h * v.w;
+  p.sn = v.sn * b;
+  p.sh = v.sh * b;
+  p.sw = v.sw * b;
+  p.per_step = std::min(Prefetch::kBurst, (after * p.row / 64 + steps) / std::max<int64_t>(steps, 1));
+  return p;
+}
+
 template <typename D, typename S>
 inline void copy_strided(D* d, const S* s, int64_t n, int64_t step) {
   if (step == 1) {

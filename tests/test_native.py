@@ -184,6 +184,25 @@ def test_channels_last_kernels_read_a_strided_pixel_view(dtype, cin, cout):
                                expected.abs().max().item(), rtol=0)
 
 
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n,cin,cout,cg,h,w", [(2, 160, 288, 4, 10, 14), (3, 256, 512, 4, 16, 12), (1, 64, 120, 2, 9, 9)])
+def test_channels_last_window_gemm_gathers_a_subsampled_view(dtype, n, cin, cout, cg, h, w):
+    """A stride-2 1x1 conv's input (every other pixel of every other row of a channels_last
+    tensor: no uniform pixel step) is gathered block by block onto the window kernel."""
+    gen = torch.Generator().manual_seed(cin + h)
+    full = torch.randn(n, cin, h, w, generator=gen, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x = full[:, :, ::2, ::2]
+    co = 0.5  # cd = 8, 8 and 4; 5x7, 8x6 and 5x5 pixels, in blocks that end mid-row
+    weight = torch.randn(cout, cin // cg, generator=gen, dtype=dtype)
+    bias = torch.randn(cout, generator=gen, dtype=dtype)
+    y = native.scc_forward(x, weight, bias, cg, co, None, "none", None)
+    expected = scc_reference(x.double(), weight.double(), bias.double(), cg=cg, co=co)
+    torch.testing.assert_close(y.double(), expected, atol=(1e-10 if dtype == torch.float64 else 2e-5) *
+                               expected.abs().max().item(), rtol=0)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
 # Layers on the window-by-window backward (csrc/backward_last.cpp: windows of whole vectors,
 # the paper's output assignment, a wrapping window split at a vector; in NCHW the input
 # gradient at up to 64 pixels per image and the weight gradient at up to 196, the other
