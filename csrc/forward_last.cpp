@@ -38,6 +38,11 @@ constexpr int64_t kMaxBlock = 512;
 // 1.04x, 512->2048, 960->320, 160->960, 320->1280 0.81-0.92x; 512->256 at 28x28 0.73x)
 constexpr int64_t kNchwDepth = 128;
 constexpr int64_t kNchwPixels[2] = {128, 256};
+// Subsampled channels_last views (stride-2 layers) run here, their rows gathered, if their
+// windows are shallower than this (the models benchmark run after run against the tiles, one
+// thread, batch 16, Intel Xeon: 256->512 56x56 s2 (gw = 64) 13.3-13.7 -> 9.25-9.28 ms;
+// 512->1024 28x28 s2 (128) 8.5-8.6 -> 9.2, 1024->2048 14x14 s2 (256) 8.4-8.6 -> 9.3-9.4).
+constexpr int64_t kGatherDepth = 128;
 // The stacked kernel takes layers with at least this many outputs per input channel.
 constexpr int64_t kStackedExpansion = 2;
 constexpr int64_t kStackedAnyCout = 64;  // permuted rows this wide or narrower: any cout
@@ -74,8 +79,9 @@ bool run_window_gemm(const View<T>& x, const Operand<T>& weight, const T* bias, 
                     activation == kNone && gw >= kNchwDepth && x.h * x.w >= kNchwPixels[0] &&
                     x.h * x.w <= kNchwPixels[1];
   // Channels_last inputs whose pixels are not one step apart (a strided 1x1 conv's subsampled
-  // view): each block's channel rows are gathered into the same pixel-major buffer.
-  const bool gather = !nchw && !xs && (cin == 1 || x.sc == 1);
+  // view), with windows shallower than kGatherDepth: each block's channel rows are gathered
+  // into the same pixel-major buffer.
+  const bool gather = !nchw && !xs && (cin == 1 || x.sc == 1) && gw < kGatherDepth;
   if ((!nchw && ((!xs && !gather) || !ys || (residual && !rs))) || !win.interleaves()) return false;
   // A window's outputs in whole vectors: worth it while few lanes are padding.
   const int64_t per_window = Blocks::ceil_div(cout, cd), vectors = Blocks::ceil_div(per_window, L);
