@@ -192,12 +192,20 @@ SCC_TARGET SCC_INLINE void stacked_tile(const StackedGemmArgs<T>& a, int64_t p, 
     }
     return;
   }
-  if ((v0 + J) * L > a.cout) return stacked_store_slow<T>(a, p, v0, &acc[0][0], R, J);
+  const bool slow = (v0 + J) * L > a.cout || (a.activation != kNone && a.activation != kRelu && a.activation != kRelu6);
+  if (slow) {  // through a copy: handing out acc's own address keeps it in memory on every path
+    V out[R * J];
+    SCC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      SCC_UNROLL
+      for (int j = 0; j < J; ++j) out[r * J + j] = acc[r][j];
+    }
+    return stacked_store_slow<T>(a, p, v0, out, R, J);
+  }
   switch (a.activation) {
-    case kNone: return stacked_store_act<T, kNone>(a, p, v0, acc);
     case kRelu: return stacked_store_act<T, kRelu>(a, p, v0, acc);
     case kRelu6: return stacked_store_act<T, kRelu6>(a, p, v0, acc);
-    default: return stacked_store_slow<T>(a, p, v0, &acc[0][0], R, J);
+    default: return stacked_store_act<T, kNone>(a, p, v0, acc);
   }
 }
 
