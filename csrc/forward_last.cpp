@@ -45,6 +45,7 @@ constexpr int64_t kNchwPixels[2] = {128, 256};
 constexpr int64_t kGatherDepth = 128;
 // The stacked kernel takes layers with at least this many outputs per input channel.
 constexpr int64_t kStackedExpansion = 2;
+constexpr int64_t kStackedWide = 1;  // rows too wide for the narrow kernel: at least this many
 constexpr int64_t kStackedAnyCout = 64;  // permuted rows this wide or narrower: any cout
 // The 4-channel dot kernel takes windows at least this deep, with at most this many output
 // vectors each (one register-tile block; paired against the tiles, grouped/SCC, one thread,
@@ -299,7 +300,7 @@ bool run_stacked_gemm(const View<T>& x, const Operand<T>& weight, const T* bias,
   // table of z's used vectors (positions k * cd + w, k < gw) into the row; the others by zips,
   // through a copy of the row extended cyclically where some window reads past its end.
   const bool permute = k.stack_permute && cin <= k.stack_permute_cin;
-  // Zipped rows: expansions only. Stacking costs about cd * gw = cin / (1 - co) copies per pixel
+  // Zipped rows: expansions first. Stacking costs about cd * gw = cin / (1 - co) copies per pixel
   // whatever cout is; paired against the window and tiles kernels (grouped/SCC, one thread, batch
   // 16, cg=4 co=0.5, caches evicted between calls): 64->256 56x56 0.57 -> 0.83, 128->512 28x28
   // 0.77 -> 1.00, 256->1024 14x14 0.65 -> 0.88, 64->384 0.59 -> 0.91, 96->576 0.50 -> 0.75,
@@ -310,9 +311,17 @@ bool run_stacked_gemm(const View<T>& x, const Operand<T>& weight, const T* bias,
   // 56x56 1.35 -> 1.10); at 32 channels and fewer the narrow kernel is faster. Rows of 65-96
   // channels are permuted for expansions only (paired against the zips, Intel Xeon: 96->576
   // 14x14 0.86-0.87 -> 0.82-0.83 ms, 80->480 14x14 0.68 -> 0.62-0.63, 96->192 28x28 1.56-1.62
-  // -> 1.34-1.35).
+  // -> 1.34-1.35). Since the tile keeps its accumulators in registers, every layer too wide for
+  // the narrow kernel with at least as many outputs as inputs takes it too (paired in-process
+  // against the window, dot and tiles kernels, one thread, batch 16-32, Intel Xeon: 128->128
+  // 28x28 3.20 -> 1.90 ms, 256->256 28x28 6.34 -> 4.48, 256->256 14x14 cg=8 1.65 -> 1.05, 512->512
+  // 14x14 4.23 -> 3.96, 96->96 28x28 2.15 -> 1.37, 192->288 14x14 1.70 -> 1.08, 128->192 28x28
+  // 3.94 -> 2.18); reductions stay off it (512->128 28x28 5.58 -> 6.93, 1024->256 14x14 3.96 ->
+  // 4.83, 384->64 14x14 0.87 -> 1.29), and so do rows of 32 channels or fewer short of an
+  // expansion (32->32 56x56 1.07 -> 1.38, 32->48 1.09 -> 1.52 against the narrow kernel).
   const bool any_cout = permute && cin > k.narrow_cin && cin <= kStackedAnyCout;
-  if (cout < kStackedExpansion * cin && !any_cout) return false;
+  const bool wide = cin > k.narrow_cin && cout >= kStackedWide * cin;
+  if (cout < kStackedExpansion * cin && !wide && !any_cout) return false;
   const int64_t vectors = Blocks::ceil_div(cout, L), ldo = vectors * L, depth = Blocks::round_up(gw, L);
   // Weights per output vector [gw][L] (row k: column k of the vector's outputs), each an odd
   // number of cache lines long; bias [ldo]; zeros past cout.

@@ -79,15 +79,15 @@ def test_float32_matches_reference_on_model_shapes(layout):
         _check(x, torch.randn(cout, cin // 4), torch.randn(cout), 4, 0.5, tol=2e-5)
 
 
-# channels_last layers on the window-by-window kernel (csrc/forward_last.cpp: the paper's
-# output assignment, cd a power of two dividing the lanes, two or more vectors per window):
-# (N, Cin, Cout, cg, co, H, W)
+# channels_last reductions on the window-by-window kernel (csrc/forward_last.cpp: the paper's
+# output assignment, cd a power of two dividing the lanes, two or more vectors per window;
+# layers with cout >= cin take the stacked kernel): (N, Cin, Cout, cg, co, H, W)
 WINDOW_GEMM = [
-    (2, 160, 288, 4, 0.5, 5, 7),  # 36 outputs per window
+    (2, 320, 288, 4, 0.5, 5, 7),  # 36 outputs per window
     (1, 1024, 256, 4, 0.5, 3, 5),  # deep windows: partial sums across depth blocks
-    (2, 96, 184, 2, 0.25, 4, 6),  # window starts wrap; 23 outputs per window, a cut last block
-    (1, 256, 384, 8, 0.5, 4, 4),  # cd = 16: fp32 only (fp64 vectors have 8 lanes)
-    (3, 64, 120, 2, 0.5, 3, 3),  # cd = 4
+    (2, 192, 184, 2, 0.25, 4, 6),  # window starts wrap; 23 outputs per window (fp64; fp32 the tiles)
+    (1, 512, 384, 8, 0.5, 4, 4),  # cd = 16: fp32 only (fp64 vectors have 8 lanes)
+    (3, 128, 120, 2, 0.5, 3, 3),  # cd = 4
 ]
 
 
@@ -130,10 +130,14 @@ def test_channels_last_quad_dots_kernel_matches_reference(n, cin, cout, cg, co, 
 
 
 # channels_last expansions (cout >= 2 cin; rows of up to 96 channels stacked by permutes on
-# AVX-512 in fp32), and rows of 33-64 channels whatever cout (the same), on the stacked kernel
+# AVX-512 in fp32), layers too wide for the narrow kernel with cout >= cin, and rows of 33-64
+# channels whatever cout (the same), on the stacked kernel
 # (csrc/forward_last.cpp: the paper's output assignment, consecutive windows, cd dividing the
 # lanes, any number of outputs per window): (N, Cin, Cout, cg, co, H, W)
 STACKED = [
+    (2, 128, 128, 4, 0.5, 5, 7),  # cout = cin, rows too wide for the narrow kernel (zipped)
+    (2, 96, 96, 2, 0.25, 3, 5),  # ... permuted: 65-96 channels, cd = 8, window starts wrap
+    (1, 192, 288, 4, 0.5, 4, 4),  # ... 1.5 outputs per input
     (2, 64, 256, 4, 0.5, 5, 7),  # cd = 8; the last window wraps (the row is extended)
     (2, 48, 100, 2, 0.25, 3, 5),  # 24-channel windows (the depth padded to vectors); cout ends mid-vector
     (1, 128, 512, 8, 0.5, 4, 4),  # cd = 16: fp32 only (fp64 takes the window kernel)
@@ -252,7 +256,7 @@ def test_nchw_deep_windows_on_the_window_gemm_match_reference(n, cin, cout, h, w
 
 @needs_kernel
 @pytest.mark.parametrize("activation", ["none", "relu", "relu6", "hardswish", "silu", "gelu"])
-@pytest.mark.parametrize("cin,cout", [(96, 300), (96, 288), (128, 200), (256, 64)])  # stacked (cout mid-vector, whole), window, 4-channel dots
+@pytest.mark.parametrize("cin,cout", [(96, 300), (96, 288), (256, 200), (256, 64)])  # stacked (cout mid-vector, whole), window, 4-channel dots
 @pytest.mark.parametrize("with_residual", [True, False])
 def test_channels_last_window_and_stacked_epilogue_matches_reference(activation, cin, cout, with_residual):
     """Bias, residual and activation applied as the outputs are stored in order."""
@@ -271,11 +275,11 @@ def test_channels_last_window_and_stacked_epilogue_matches_reference(activation,
 
 
 @needs_kernel
-@pytest.mark.parametrize("cin,cout,h,w", [(64, 1024, 64, 64), (192, 256, 128, 128), (16, 80, 229, 230),
+@pytest.mark.parametrize("cin,cout,h,w", [(64, 1024, 64, 64), (320, 256, 128, 128), (16, 80, 229, 230),
                                          (32, 48, 300, 300), (256, 64, 260, 260), (48, 48, 300, 300)])
 def test_channels_last_output_too_large_for_the_caches_is_streamed_correctly(cin, cout, h, w):
     """16.8 MB fp32 outputs are stored past the caches (non-temporal stores): the stacked
-    kernel's (64 -> 1024, and 16 -> 80 stacked by permutes), the window kernel's (192 -> 256),
+    kernel's (64 -> 1024, and 16 -> 80 stacked by permutes), the window kernel's (320 -> 256),
     the narrow kernel's (32 -> 48), the 4-channel dots' (256 -> 64) and the stacked kernel's on
     a 48-channel row in four registers (48 -> 48), with bias, residual and activation."""
     gen = torch.Generator().manual_seed(cin + cout)
