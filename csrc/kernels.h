@@ -141,7 +141,7 @@ struct WindowGemmArgs {
   const T* bias;
   T* t;
   int64_t t_step;
-  int64_t pixels, depth, count;
+  int64_t pixels, depth, count;  // depth >= 1
   bool first;
   Prefetch* ahead;  // nullptr: none; else one step() per register tile
 };

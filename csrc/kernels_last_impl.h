@@ -91,7 +91,8 @@ SCC_TARGET SCC_INLINE void window_gemm_tile(const WindowGemmArgs<T>& a, int64_t 
   SCC_UNROLL
   for (int r = 0; r < R; ++r) x[r] = a.x + (p + r) * a.x_step;
   const T* w = a.w + v0 * L;
-  for (int64_t k = 0; k < a.depth; ++k) {
+  int64_t k = 0;
+  do {  // depth >= 1: a loop that may not run made the compiler keep the accumulators on the stack
     const int64_t c = a.col[k];
     V b[J];
     SCC_UNROLL
@@ -102,7 +103,7 @@ SCC_TARGET SCC_INLINE void window_gemm_tile(const WindowGemmArgs<T>& a, int64_t 
       SCC_UNROLL
       for (int j = 0; j < J; ++j) acc[r][j] += s * b[j];
     }
-  }
+  } while (++k < a.depth);
   SCC_UNROLL
   for (int r = 0; r < R; ++r) {
     SCC_UNROLL
