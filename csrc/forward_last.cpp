@@ -15,10 +15,10 @@
 // the group's weights (depth x group vectors) stay in L1 while the block's pixels stream past;
 // earlier depth blocks' partial sums wait in the buffer.
 //
-// Also here: the stacked kernel for channels_last expansions and rows of 33-64 channels
-// (run_stacked_gemm below), which computes vectors of consecutive outputs of several windows at
-// once from a per-pixel copy of the window channels, and so writes output order straight from
-// registers.
+// Also here: the stacked kernel for channels_last expansions, layers of more than 32 channels
+// with cout >= cin and rows of 33-64 channels (run_stacked_gemm below), which computes vectors
+// of consecutive outputs of several windows at once from a per-pixel copy of the window
+// channels, and so writes output order straight from registers.
 #include "drivers.h"
 
 #include <ATen/Parallel.h>
@@ -300,7 +300,7 @@ bool run_stacked_gemm(const View<T>& x, const Operand<T>& weight, const T* bias,
   // table of z's used vectors (positions k * cd + w, k < gw) into the row; the others by zips,
   // through a copy of the row extended cyclically where some window reads past its end.
   const bool permute = k.stack_permute && cin <= k.stack_permute_cin;
-  // Zipped rows: expansions first. Stacking costs about cd * gw = cin / (1 - co) copies per pixel
+  // Zipped rows: expansions (and, below, cout >= cin). Stacking costs about cd * gw = cin / (1 - co) copies per pixel
   // whatever cout is; paired against the window and tiles kernels (grouped/SCC, one thread, batch
   // 16, cg=4 co=0.5, caches evicted between calls): 64->256 56x56 0.57 -> 0.83, 128->512 28x28
   // 0.77 -> 1.00, 256->1024 14x14 0.65 -> 0.88, 64->384 0.59 -> 0.91, 96->576 0.50 -> 0.75,

@@ -192,8 +192,8 @@ SCC_TARGET SCC_INLINE void stacked_tile(const StackedGemmArgs<T>& a, int64_t p, 
     }
     return;
   }
-  const bool slow = (v0 + J) * L > a.cout || (a.activation != kNone && a.activation != kRelu && a.activation != kRelu6);
-  if (slow) {  // through a copy: handing out acc's own address keeps it in memory on every path
+  const bool cheap = a.activation == kNone || a.activation == kRelu || a.activation == kRelu6;
+  if ((v0 + J) * L > a.cout || !cheap) {  // through a copy: handing out acc's own address keeps it in memory on every path
     V out[R * J];
     SCC_UNROLL
     for (int r = 0; r < R; ++r) {
