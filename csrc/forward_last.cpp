@@ -43,9 +43,9 @@ constexpr int64_t kNchwPixels[2] = {128, 256};
 // thread, batch 16, Intel Xeon: 256->512 56x56 s2 (gw = 64) 13.3-13.7 -> 9.25-9.28 ms;
 // 512->1024 28x28 s2 (128) 8.5-8.6 -> 9.2, 1024->2048 14x14 s2 (256) 8.4-8.6 -> 9.3-9.4).
 constexpr int64_t kGatherDepth = 128;
-// The stacked kernel takes layers with at least this many outputs per input channel.
+// The stacked kernel takes rows the narrow kernel may take (32 channels or fewer) with at least
+// this many outputs per input channel; wider rows with cout >= cin.
 constexpr int64_t kStackedExpansion = 2;
-constexpr int64_t kStackedWide = 1;  // rows too wide for the narrow kernel: at least this many
 constexpr int64_t kStackedAnyCout = 64;  // permuted rows this wide or narrower: any cout
 // The 4-channel dot kernel takes windows at least this deep, with at most this many output
 // vectors each (one register-tile block; paired against the tiles, grouped/SCC, one thread,
@@ -300,8 +300,8 @@ bool run_stacked_gemm(const View<T>& x, const Operand<T>& weight, const T* bias,
   // table of z's used vectors (positions k * cd + w, k < gw) into the row; the others by zips,
   // through a copy of the row extended cyclically where some window reads past its end.
   const bool permute = k.stack_permute && cin <= k.stack_permute_cin;
-  // Zipped rows: expansions (and, below, cout >= cin). Stacking costs about cd * gw = cin / (1 - co) copies per pixel
-  // whatever cout is; paired against the window and tiles kernels (grouped/SCC, one thread, batch
+  // Stacking costs about cd * gw = cin / (1 - co) copies per pixel whatever cout is. Zipped
+  // rows, expansions; paired against the window and tiles kernels (grouped/SCC, one thread, batch
   // 16, cg=4 co=0.5, caches evicted between calls): 64->256 56x56 0.57 -> 0.83, 128->512 28x28
   // 0.77 -> 1.00, 256->1024 14x14 0.65 -> 0.88, 64->384 0.59 -> 0.91, 96->576 0.50 -> 0.75,
   // 160->960 7x7 0.67 -> 0.79, 320->1280 0.68 -> 0.70, 512->2048 7x7 0.89 -> 0.82; 64->64 and
@@ -319,9 +319,9 @@ bool run_stacked_gemm(const View<T>& x, const Operand<T>& weight, const T* bias,
   // 3.94 -> 2.18); reductions stay off it (512->128 28x28 5.58 -> 6.93, 1024->256 14x14 3.96 ->
   // 4.83, 384->64 14x14 0.87 -> 1.29), and so do rows of 32 channels or fewer short of an
   // expansion (32->32 56x56 1.07 -> 1.38, 32->48 1.09 -> 1.52 against the narrow kernel).
-  const bool any_cout = permute && cin > k.narrow_cin && cin <= kStackedAnyCout;
-  const bool wide = cin > k.narrow_cin && cout >= kStackedWide * cin;
-  if (cout < kStackedExpansion * cin && !wide && !any_cout) return false;
+  const bool takes = cin <= k.narrow_cin ? cout >= kStackedExpansion * cin
+                                          : cout >= cin || (permute && cin <= kStackedAnyCout);
+  if (!takes) return false;
   const int64_t vectors = Blocks::ceil_div(cout, L), ldo = vectors * L, depth = Blocks::round_up(gw, L);
   // Weights per output vector [gw][L] (row k: column k of the vector's outputs), each an odd
   // number of cache lines long; bias [ldo]; zeros past cout.

@@ -27,7 +27,12 @@ struct Prefetch {
 
   Prefetch(const void* begin, int64_t bytes, int64_t steps)
       : at(static_cast<const char*>(begin)), end(at + std::max<int64_t>(bytes, 0)),
-        per_step(std::min(kBurst, (std::max<int64_t>(bytes, 0) / 64 + steps) / std::max<int64_t>(steps, 1))) {}
+        per_step(lines_per_step(bytes, steps)) {}
+
+  // Lines a step so that `bytes` are asked for in about `steps` steps, at most kBurst.
+  static int64_t lines_per_step(int64_t bytes, int64_t steps) {
+    return std::min(kBurst, (std::max<int64_t>(bytes, 0) / 64 + steps) / std::max<int64_t>(steps, 1));
+  }
 
   // Or the channel rows of pixels [next, last) of a tensor whose pixels do not lie one step
   // apart, `row` bytes each, pixel p = (img, q) at base + img * sn + q / w * sh + q % w * sw

@@ -193,8 +193,8 @@ SCC_TARGET SCC_INLINE void stacked_tile(const StackedGemmArgs<T>& a, int64_t p, 
     return;
   }
   const bool cheap = a.activation == kNone || a.activation == kRelu || a.activation == kRelu6;
-  if ((v0 + J) * L > a.cout || !cheap) {  // through a copy: handing out acc's own address keeps it in memory on every path
-    V out[R * J];
+  if ((v0 + J) * L > a.cout || !cheap) {
+    V out[R * J];  // a copy: handing out acc's own address kept it in memory on every path
     SCC_UNROLL
     for (int r = 0; r < R; ++r) {
       SCC_UNROLL

@@ -282,7 +282,7 @@ Prefetch following_rows(const View<S>& v, int64_t first, int64_t len, int64_t to
   p.sn = v.sn * b;
   p.sh = v.sh * b;
   p.sw = v.sw * b;
-  p.per_step = std::min(Prefetch::kBurst, (after * p.row / 64 + steps) / std::max<int64_t>(steps, 1));
+  p.per_step = Prefetch::lines_per_step(after * p.row, steps);
   return p;
 }
 
